@@ -1,0 +1,181 @@
+"""`lost dataset ...`: the built-in procedural set, preparing any mesh folder, inspecting a store, prompts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..config import load_config
+from .common import JsonOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, err_console, require_dir
+
+app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@app.command("synth")
+def synth(
+    out: OutOpt,
+    n: Annotated[int, typer.Option("--n", help="Number of shapes.")] = 240,
+    seed: SeedOpt = 0,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+) -> None:
+    """Write the built-in procedural dataset: DIR/<id>.glb and DIR/metadata.jsonl.
+
+    Example: lost dataset synth --out synth --n 240 --seed 0
+    """
+    from ..data.synth import synth_dataset
+
+    if n <= 0:
+        from ..errors import LostError
+
+        raise LostError(f"--n must be positive, got {n}")
+    t0 = time.time()
+    with _progress("synth", n) as tick:
+        records = synth_dataset(out, n=n, seed=seed, workers=workers, progress=tick)
+    cats = sorted({r["category"] for r in records})
+    console.print(f"wrote {len(records)} shapes in {len(cats)} categories to {out} ({time.time() - t0:.1f} s)")
+
+
+@app.command("prepare")
+def prepare(
+    src: Annotated[Path, typer.Argument(help="Folder of meshes (obj, glb/gltf, ply, stl, off), optional metadata.jsonl.")],
+    out: OutOpt,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Worker processes on this node.")] = 1,
+    up: Annotated[str, typer.Option("--up", help="Up axis of the sources: y (glTF) or z.")] = "y",
+    recipe: RecipeOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Normalise meshes and store surface samples, occupancy samples, 4 renders and captions as shards.
+
+    Resumable (a re-run skips finished items); failed items are recorded and the rest completes.
+    Under `accelerate launch` items are split across processes.
+
+    Example: lost dataset prepare ../shared/meshes --out prepared --workers 2
+    """
+    from ..data.prepare import PrepareConfig, finalize, prepare_dataset
+    from ..errors import LostError
+
+    require_dir(src, "source")
+    if up not in ("y", "z"):
+        raise LostError(f"--up must be 'y' or 'z', got {up!r}")
+    cfg = load_config(PrepareConfig, recipe, list(sets or []), base={"up": up})
+    rank, world, wait = _dist()
+    t0 = time.time()
+    with _progress("prepare", None, enabled=rank == 0) as tick:
+        result = prepare_dataset(src, out, cfg, rank=rank, world_size=world, workers=workers, progress=tick)
+    wait()
+    if rank == 0:
+        finalize(out)
+        console.print(f"prepared {result.done} new, skipped {result.skipped} done, "
+                      f"{len(result.failed)} failed on this process ({time.time() - t0:.1f} s) -> {out}")
+        for f in result.failed:
+            err_console.print(f"  failed: {f['file']}: {f['reason']}")
+
+
+@app.command("info")
+def info(
+    path: Annotated[Path, typer.Argument(help="Prepared dataset directory.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Counts per split and category, and the failures of a prepared dataset."""
+    from ..data.store import DatasetStore
+
+    data = DatasetStore(path).info()
+    if json_out:
+        print(json.dumps(data, indent=2))
+        return
+    console.print(f"[bold]{path}[/bold]: {data['items']} items")
+    table = Table("split", "items")
+    for k, v in sorted(data["splits"].items()):
+        table.add_row(k, str(v))
+    console.print(table)
+    table = Table("category", "items")
+    for k, v in sorted(data["categories"].items()):
+        table.add_row(k, str(v))
+    console.print(table)
+    for f in data["failures"]:
+        console.print(f"[red]failed[/red] {f['file']}: {f['reason']}")
+
+
+@app.command("preview")
+def preview(
+    src: Annotated[Path, typer.Argument(help="Mesh folder with metadata.jsonl, or a prepared dataset.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("preview.png"),
+    per_category: Annotated[int, typer.Option("--per-category", help="Shapes per category.")] = 1,
+    view: Annotated[str, typer.Option("--view", help="front, right, back, left or all.")] = "front",
+) -> None:
+    """A labelled PNG grid with one (or more) shapes per category.
+
+    Example: lost dataset preview synth --out synth.png
+    """
+    from ..data.preview import category_grid
+
+    console.print(f"wrote {category_grid(src, out, per_category=per_category, view=view)}")
+
+
+@app.command("prompts")
+def prompts(
+    n: Annotated[int, typer.Option("--n", help="Number of prompts.")] = 100,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write prompts here (one per line).")] = None,
+    seed: SeedOpt = 0,
+    template: Annotated[bool, typer.Option("--template", help="Print an LLM prompt template instead.")] = False,
+) -> None:
+    """Offline generator of diverse object prompts; --template prints a prompt for a language model."""
+    from ..data.prompts import PROMPT_TEMPLATE, generate_prompts
+
+    if template:
+        print(PROMPT_TEMPLATE.format(n=n))
+        return
+    lines = generate_prompts(n, seed)
+    if out is None:
+        print("\n".join(lines))
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+        console.print(f"wrote {len(lines)} prompts to {out}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _dist():
+    """(rank, world_size, barrier) from Accelerate when launched with several processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state.wait_for_everyone
+    return 0, 1, lambda: None
+
+
+class _progress:
+    """A rich progress bar that hands the library a `progress(done, total, label)` callback."""
+
+    def __init__(self, what: str, total: int | None, enabled: bool = True):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.enabled = enabled
+        self.bar = Progress(TextColumn(f"[bold]{what}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                            transient=False, disable=not enabled)
+        self.task = self.bar.add_task("", total=total)
+
+    def __enter__(self):
+        self.bar.start()
+
+        def tick(done: int, total: int | None = None, label: str = "") -> None:
+            self.bar.update(self.task, completed=done, total=total, description=str(label)[:40])
+
+        return tick
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False

@@ -1,0 +1,245 @@
+"""The built-in procedural dataset: watertight shapes of everyday categories with matching captions.
+
+This is the embedded default: every stage of the pipeline can train on it offline. Shapes come
+from `lostcli.data.shapes` (one sampler/builder/describer per category) and are normalised here:
+Y up, axis-aligned bounding box centred at the origin, longest side 1, so the object rests on its
+lowest point y = min. Furniture, containers, lamps, trees, rockets and houses face +Z; cars and
+airplanes point their nose toward +X (the front render shows their side).
+
+Layout written by `synth_dataset`:
+    out/synth-000000.glb ...          one watertight mesh per item
+    out/metadata.jsonl                 {"id", "category", "caption", "split", "params", "file"} per line
+Item i is generated from its own rng seeded by (seed, i): an item does not depend on n or on
+any other item, so a larger dataset extends a smaller one with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from lostcli.data.shapes import GENERATORS, Draw, Facts, Generator, pick
+from lostcli.errors import ConfigError
+
+CATEGORIES: tuple[str, ...] = tuple(GENERATORS)
+
+# Words a caption may use instead of the category name (every caption contains one of these or the name).
+CATEGORY_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "chair": ("armchair",),
+    "table": (),
+    "stool": (),
+    "sofa": ("couch",),
+    "bed": (),
+    "bench": (),
+    "desk": (),
+    "cabinet": ("cupboard", "dresser", "chest of drawers"),
+    "bookshelf": ("bookcase",),
+    "lamp": (),
+    "mug": ("cup",),
+    "bottle": (),
+    "vase": ("amphora",),
+    "car": ("sedan", "hatchback", "van", "minivan", "truck"),
+    "airplane": ("plane", "aircraft", "airliner", "jet"),
+    "rocket": (),
+    "tree": (),
+    "house": ("cottage", "home"),
+}
+
+_TEMPLATES = (  # {a}: "a"/"an" agreeing with the next word
+    "{a} {desc} with {features}",
+    "{a} {desc} with {features}",
+    "{a} {desc} that has {features}",
+    "a 3D model of {a} {desc} with {features}",
+    "{a} {desc}, with {features}",
+)
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class SynthShape:
+    """One generated item."""
+
+    mesh: trimesh.Trimesh  # watertight volume, Y up, AABB centred at the origin, longest side 1
+    category: str  # one of CATEGORIES
+    caption: str  # what the geometry shows, e.g. "a bar stool with a round seat and three legs"
+    params: dict  # the sampled parameters (JSON-serialisable); build_mesh(category, params) rebuilds it
+
+
+# ----------------------------------------------------------------------------------------------
+# One shape
+# ----------------------------------------------------------------------------------------------
+
+def _generator(category: str) -> Generator:
+    if category not in GENERATORS:
+        raise ConfigError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
+    return GENERATORS[category]
+
+
+def sample_params(category: str, rng: np.random.Generator) -> dict:
+    """Draw the parameters of one shape of `category` (JSON-serialisable)."""
+    draw = Draw(rng)
+    _generator(category).sample(draw)
+    return draw.params
+
+
+def build_mesh(category: str, params: dict) -> trimesh.Trimesh:
+    """Build the normalised, watertight mesh of `category` from its parameters (deterministic)."""
+    solid = _generator(category).build(params)
+    x0, y0, z0, x1, y1, z1 = solid.bounding_box()
+    scale = 1.0 / max(x1 - x0, y1 - y0, z1 - z0)
+    solid = solid.translate((-(x0 + x1) / 2, -(y0 + y1) / 2, -(z0 + z1) / 2)).scale((scale, scale, scale))
+    out = solid.to_mesh()
+    mesh = trimesh.Trimesh(np.asarray(out.vert_properties[:, :3], dtype=np.float64),
+                           np.asarray(out.tri_verts, dtype=np.int64), process=False)
+    mesh = _single_shell(mesh, category, params)
+    if not (mesh.is_watertight and mesh.is_volume):  # a generator bug, never a user error
+        raise RuntimeError(f"synthetic {category} is not a watertight volume for params {params}")
+    return mesh
+
+
+def _single_shell(mesh: trimesh.Trimesh, category: str, params: dict) -> trimesh.Trimesh:
+    """Drop the negligible shells a union can leave behind (slivers on touching faces, tiny voids)."""
+    shells = mesh.split(only_watertight=False)
+    if len(shells) == 1:
+        return mesh
+    volumes = [abs(s.volume) for s in shells]
+    keep = [s for s, v in zip(shells, volumes) if v > 1e-3 * max(volumes)]
+    if len(keep) != 1:  # a real floating part: a generator bug
+        raise RuntimeError(f"synthetic {category} has {len(keep)} separate parts for params {params}")
+    return keep[0]
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def compose_caption(facts: Facts, rng: np.random.Generator) -> str:
+    """Turn facts into one sentence, e.g. "a tall bar stool with a round seat and three legs"."""
+    desc = " ".join([*facts.adjectives, facts.noun])
+    article = "an" if desc[0] in "aeiou" else "a"
+    if not facts.features:
+        return f"{article} {desc}"
+    return pick(rng, _TEMPLATES).format(a=article, desc=desc, features=_join(facts.features))
+
+
+def caption_from_params(category: str, params: dict, rng: np.random.Generator) -> str:
+    """Caption stating what the shape with these parameters shows (phrasing drawn from rng)."""
+    return compose_caption(_generator(category).describe(params, rng), rng)
+
+
+def generate_shape(category: str, rng: np.random.Generator) -> SynthShape:
+    """Sample, build and caption one shape of `category`."""
+    params = sample_params(category, rng)
+    mesh = build_mesh(category, params)
+    return SynthShape(mesh, category, caption_from_params(category, params, rng), params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Item assignment: category and split depend only on (seed, i)
+# ----------------------------------------------------------------------------------------------
+
+def item_category(seed: int, i: int) -> str:
+    """Category of item i: each block of C consecutive items holds every category once, in a seeded order."""
+    block, slot = divmod(i, len(CATEGORIES))
+    order = np.random.default_rng([seed, block, 0x5CA7]).permutation(len(CATEGORIES))
+    return CATEGORIES[int(order[slot])]
+
+
+def split_cycle(splits: Sequence[float]) -> list[str]:
+    """A short cycle of split names with the requested proportions, val and test spread out.
+
+    (0.8, 0.1, 0.1) -> train, train, train, val, train, train, test, train, train, train.
+    """
+    if len(splits) != 3 or min(splits) < 0 or abs(sum(splits) - 1.0) > 1e-6:
+        raise ConfigError(f"splits must be three non-negative fractions summing to 1, got {tuple(splits)}")
+    fractions = [Fraction(f).limit_denominator(100) for f in splits]
+    length = int(np.lcm.reduce([f.denominator for f in fractions]))
+    counts = [int(f * length) for f in fractions]
+    cycle, used = [], [0, 0, 0]
+    for step in range(length):  # largest deficit first: an even interleaving
+        deficit = [(step + 1) * c / length - u for c, u in zip(counts, used)]
+        k = int(np.argmax(deficit))
+        used[k] += 1
+        cycle.append(("train", "val", "test")[k])
+    return cycle
+
+
+def item_split(category: str, i: int, cycle: Sequence[str]) -> str:
+    """Split of item i: its rank within its category walks the cycle from a per-category offset.
+
+    Stratified: every category sees the whole cycle every len(cycle) items, and the offsets
+    differ, so even one block of C items already holds val and test items.
+    """
+    c = CATEGORIES.index(category)
+    rank = i // len(CATEGORIES)  # each block holds every category once
+    return cycle[(rank + c * len(cycle) // len(CATEGORIES)) % len(cycle)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset on disk
+# ----------------------------------------------------------------------------------------------
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _make_item(job: tuple[str, int, int, tuple[str, ...]]) -> dict:
+    """Generate item i, write its glb atomically, return its metadata record (runs in workers too)."""
+    out, seed, i, cycle = job
+    category = item_category(seed, i)
+    shape = generate_shape(category, np.random.default_rng([seed, i]))
+    item_id = f"synth-{i:06d}"
+    file = f"{item_id}.glb"
+    _write_atomic(Path(out) / file, shape.mesh.export(file_type="glb"))
+    return {"id": item_id, "category": category, "caption": shape.caption,
+            "split": item_split(category, i, cycle), "params": shape.params, "file": file}
+
+
+def synth_dataset(out: Path, n: int, seed: int, splits: Sequence[float] = (0.8, 0.1, 0.1),
+                  progress: ProgressFn | None = None, workers: int = 1) -> list[dict]:
+    """Write n procedural shapes and their metadata to `out`; returns the records in id order.
+
+    Args:
+        out: directory to create or fill (existing items with the same ids are overwritten).
+        n: number of items; categories are balanced (each block of C items holds all C).
+        seed: dataset seed (>= 0); item i uses an rng seeded by (seed, i).
+        splits: train/val/test fractions; assignment is deterministic and stratified per category.
+        progress: called as progress(done, n) after each item.
+        workers: processes generating in parallel (1 = in this process).
+    """
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    if seed < 0:
+        raise ConfigError(f"seed must be non-negative, got {seed}")
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    cycle = tuple(split_cycle(splits))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out), seed, i, cycle) for i in range(n)]
+    records: list[dict] = []
+    if workers == 1:
+        for job in jobs:
+            records.append(_make_item(job))
+            if progress is not None:
+                progress(len(records), n)
+    else:  # spawn: a forked child would inherit the parent's thread pools (torch, TBB) mid-state
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for record in pool.imap_unordered(_make_item, jobs, chunksize=4):
+                records.append(record)
+                if progress is not None:
+                    progress(len(records), n)
+    records.sort(key=lambda r: r["id"])
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    _write_atomic(out / "metadata.jsonl", lines.encode())
+    return records

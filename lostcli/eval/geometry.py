@@ -1,0 +1,65 @@
+"""Chamfer distance and F-score between surfaces, exactly as PROTOCOLS.md defines them.
+
+CD = (accuracy + completeness) / 2 with Euclidean (not squared) nearest-neighbour distances between
+100,000 area-weighted surface samples of each mesh, in the ground truth's normalised frame. Reports print
+CD x 10^-2 (the printed number times 10^-2 is the raw value); functions here return RAW values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+from scipy.spatial import cKDTree
+
+N_POINTS = 100_000  # samples per surface (PROTOCOLS)
+TAUS = (0.01, 0.02)  # F-score thresholds in the normalised frame
+
+
+@dataclass
+class SurfaceMetrics:
+    chamfer: float  # raw CD (not x 10^-2); nan for a failed (empty) reconstruction
+    accuracy: float  # mean distance reconstruction -> ground truth
+    completeness: float  # mean distance ground truth -> reconstruction
+    fscore: dict[str, float]  # {"fscore_0.01": ..., "fscore_0.02": ...}
+    failed: bool = False  # no surface was reconstructed
+
+    def as_dict(self) -> dict:
+        return {"chamfer": self.chamfer, "accuracy": self.accuracy, "completeness": self.completeness,
+                **self.fscore, "failed": self.failed}
+
+
+def surface_points(mesh: trimesh.Trimesh, n: int = N_POINTS, seed: int = 0) -> np.ndarray:
+    """Area-weighted, seeded surface samples [n, 3] float64."""
+    points, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)
+    return np.asarray(points, dtype=np.float64)
+
+
+def point_metrics(pred: np.ndarray, gt: np.ndarray, taus=TAUS) -> SurfaceMetrics:
+    """Chamfer/F-score between two point sets [N,3], [M,3] (the ground truth second)."""
+    if len(pred) == 0:
+        return failed_metrics(taus)
+    d_pred = cKDTree(gt).query(pred, k=1, workers=-1)[0]  # accuracy distances
+    d_gt = cKDTree(pred).query(gt, k=1, workers=-1)[0]  # completeness distances
+    acc, comp = float(d_pred.mean()), float(d_gt.mean())
+    fs = {}
+    for tau in taus:
+        precision = float((d_pred < tau).mean())
+        recall = float((d_gt < tau).mean())
+        fs[f"fscore_{tau:g}"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return SurfaceMetrics((acc + comp) / 2, acc, comp, fs)
+
+
+def failed_metrics(taus=TAUS) -> SurfaceMetrics:
+    """An empty reconstruction: counted as a failure, CD = nan, F-score 0."""
+    nan = float("nan")
+    return SurfaceMetrics(nan, nan, nan, {f"fscore_{t:g}": 0.0 for t in taus}, failed=True)
+
+
+def mesh_metrics(pred: trimesh.Trimesh | None, gt: trimesh.Trimesh, n: int = N_POINTS, seed: int = 0,
+                 taus=TAUS) -> SurfaceMetrics:
+    """Chamfer/F-score of a reconstruction against the ground truth (both in the GT's normalised frame)."""
+    if pred is None or len(pred.faces) == 0 or pred.area <= 0:
+        return failed_metrics(taus)
+    return point_metrics(surface_points(pred, n, seed), surface_points(gt, n, seed + 1), taus)

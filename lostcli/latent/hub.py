@@ -1,0 +1,66 @@
+"""Resolve a `--vae` argument: our exported folder, a bare checkpoint + preset, a TRELLIS pair, or a hub name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .base import ShapeVAE, load_vae
+
+PRESET_CLASS = {"direct3d": "TriplaneVAE", "tiny": "TriplaneVAE", "trellis": "SparseStructureVAE"}
+
+# Hub repositories of released weights and the files in them.
+HUB_FILES = {
+    "DreamTechAI/Direct3D": ("direct3d", ["vae.ckpt"]),
+    "microsoft/TRELLIS-image-large": (
+        "trellis",
+        ["ckpts/ss_enc_conv3d_16l8_fp16.json", "ckpts/ss_enc_conv3d_16l8_fp16.safetensors",
+         "ckpts/ss_dec_conv3d_16l8_fp16.json", "ckpts/ss_dec_conv3d_16l8_fp16.safetensors"],
+    ),
+}
+
+
+def _is_trellis_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("ss_enc*.json")) and any(path.glob("ss_dec*.json"))
+
+
+def _download(repo: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    _, files = HUB_FILES[repo]
+    try:
+        local = [Path(hf_hub_download(repo, f)) for f in files]
+    except Exception as e:  # offline, missing, no access: one line
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = " (HF_HUB_OFFLINE is set: download the files elsewhere and pass the local path)" if offline else ""
+        raise CheckpointError(f"{repo}: could not fetch {files[0]}: {type(e).__name__}{hint}") from None
+    return local[0] if len(local) == 1 else local[0].parent
+
+
+def resolve_vae(spec: str | Path, preset: str | None = None, device: str | None = None) -> ShapeVAE:
+    """Load a shape VAE from any of the forms users hand us.
+
+    Args:
+        spec: folder written by `lost vae train` (config.json + model.safetensors); a bare weights file
+            (.ckpt/.pt/.safetensors, e.g. Direct3D's vae.ckpt) with `preset`; a folder holding TRELLIS'
+            ss_enc_*/ss_dec_* json+safetensors pairs; or a hub repo id from `HUB_FILES` (when online).
+        preset: architecture preset for a bare weights file ("direct3d", "tiny", "trellis").
+    """
+    path = Path(spec)
+    if not path.exists() and str(spec) in HUB_FILES:
+        hub_preset, _ = HUB_FILES[str(spec)]
+        path, preset = _download(str(spec)), preset or hub_preset
+    if not path.exists():
+        raise CheckpointError(f"{spec}: no such file or folder (and not a known hub repo: {', '.join(HUB_FILES)})")
+    if _is_trellis_dir(path):
+        from .trellis import load_trellis_pair
+
+        return load_trellis_pair(path).to(device or "cpu").eval()
+    if path.is_file() and not (path.parent / "config.json").is_file():
+        if preset is None:
+            raise CheckpointError(f"{path}: a bare checkpoint needs --preset ({', '.join(PRESET_CLASS)})")
+        if preset not in PRESET_CLASS:
+            raise CheckpointError(f"--preset {preset}: unknown (known: {', '.join(PRESET_CLASS)})")
+        return load_vae(path, class_name=PRESET_CLASS[preset], preset=preset, device=device)
+    return load_vae(path, device=device)

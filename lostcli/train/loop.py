@@ -1,0 +1,480 @@
+"""The one training loop. Every stage (shape VAE, teacher, RIDA, tokenizer, GPT, classifier) is a `Task`
+trained by `train(task, dataset, train_cfg, optim_cfg, out_dir)`.
+
+The loop owns everything that is not the model: Accelerate (fp32 / bf16, DDP, gradient accumulation),
+AdamW with a diffusers warm-up schedule, gradient clipping, EMA, a step-indexed data order
+(`state.DataSchedule`), metrics, periodic `save_state` with rotation, exact resume and the final export.
+
+Seeding: call `seed_everything(seed)` BEFORE building the task so its initial weights follow the seed; the
+loop then re-seeds the random draws of training itself with (seed + process index).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
+from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import OptimConfig, TrainConfig, to_dict
+from ..errors import CheckpointError, ConfigError, DataError
+from . import state as st
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "export"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The contract between a stage and the loop
+# ----------------------------------------------------------------------------------------------------
+
+
+class Task(nn.Module):
+    """A trainable stage: `forward(batch) -> {"loss": scalar tensor, **scalars to log}`.
+
+    - Return the same keys on every step (they are averaged across processes at each log step).
+    - Frozen sub-models live inside the task with `requires_grad=False`: they get no optimizer state,
+      no EMA, no gradient, but are saved in checkpoints.
+    - Random draws (noise, dropout, masks) use torch's global RNG, which checkpoints restore exactly.
+    - Optional `export(self, out_dir: Path) -> None`: write the trained model as an HF-style folder
+      (config.json + model.safetensors). Called once at the end, on the main process, with EMA weights.
+    - Optional `find_unused_parameters: bool` class attribute (default True) for DDP: set False when
+      every trainable parameter gets a gradient on every step (saves a graph walk per step).
+    """
+
+    def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_step_start(self, step: int, epoch: int) -> None:
+        """Called before each optimizer step (0-based `step`) on every process. Derive any state from
+        (step, epoch) alone, e.g. `self.nest = epoch >= nest_after`, so resuming reproduces it."""
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps completed (the run's global step)
+    final_loss: float  # loss of the last logged step (from the checkpoint if nothing ran)
+    losses: list[float] = field(default_factory=list)  # loss per logged step of this call
+    export_dir: Path | None = None  # where task.export wrote, if the task can export
+    seconds: float = 0.0  # wall time of this call
+
+
+class StopTraining(RuntimeError):
+    """Raised by `train(..., stop_after=n)` after step n, skipping the final save (simulates a kill)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices). Call before building a task."""
+    set_seed(seed)
+
+
+def resolve_mixed_precision(mode: str) -> str:
+    """"auto" -> "bf16" with CUDA, else "no" (bf16 autocast is 2.5-3.5x slower than fp32 on CPUs)."""
+    if mode == "auto":
+        return "bf16" if torch.cuda.is_available() else "no"
+    return mode
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------
+
+
+def train(
+    task: nn.Module,
+    dataset: Dataset,
+    train_cfg: TrainConfig,
+    optim_cfg: OptimConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    collate_fn: Callable | None = None,
+    run_config: dict | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `task` for `train_cfg.steps` optimizer steps, checkpointing into `out_dir`.
+
+    Args:
+        task: the stage; `task(batch)["loss"]` is minimised. Built (and seeded) by the caller.
+        dataset: map-style and deterministic (item i is the same every time it is read).
+        train_cfg, optim_cfg: loop and optimizer settings.
+        out_dir: run directory: run.json, metrics.jsonl, checkpoints/, export/.
+        resume: continue from the newest complete checkpoint in `out_dir` (fresh start if none).
+        collate_fn: DataLoader collate function (default: torch's).
+        run_config: the resolved run config, stored in run.json and export/run_config.json.
+        progress: show a rich progress bar on the main process.
+        stop_after: test hook: raise `StopTraining` once step `stop_after` is done, without a final save.
+
+    Returns:
+        TrainResult of this call.
+
+    Raises:
+        ConfigError: bad loop settings, or a fresh run into a directory that already holds checkpoints.
+        DataError: the dataset has no length or holds less than one global batch.
+        CheckpointError: the checkpoint to resume does not fit this task.
+    """
+    t_start = time.perf_counter()
+    _validate(train_cfg, optim_cfg)
+    cfg, out_dir = train_cfg, Path(out_dir)
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != precision:
+        # Accelerate keeps one process-wide state and refuses to change its precision; a later stage run
+        # in the same process (e.g. `lost demo`) with another precision starts from a clean state.
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        project_dir=str(out_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=getattr(task, "find_unused_parameters", True))],
+    )
+    main = accelerator.is_main_process
+
+    # -- where to start --------------------------------------------------------------------------
+    existing = st.latest_checkpoint(out_dir)
+    if existing is not None and not resume:
+        raise ConfigError(f"{out_dir}: already holds checkpoints ({existing.name}); resume, or use a new "
+                          "output directory")
+    ckpt = existing if resume else None
+    if resume and ckpt is None:
+        log.info("%s: no checkpoint to resume from; starting fresh", out_dir)
+
+    # -- model, optimizer, schedule, EMA ---------------------------------------------------------
+    set_seed(cfg.seed, device_specific=True)  # training draws: seed + process index
+    params = [p for p in task.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{type(task).__name__}: has no trainable parameters")
+    optimizer = _build_optimizer(task, optim_cfg)
+    scheduler = _build_scheduler(optimizer, optim_cfg, cfg.steps)
+    model, optimizer = accelerator.prepare(task, optimizer)
+    # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step it
+    # num_processes times), so it means the same on any world size; it is checkpointed as a custom object.
+    accelerator.register_for_checkpointing(scheduler)
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
+        accelerator.register_for_checkpointing(ema)
+
+    start_step, last_loss = 0, float("nan")
+    if ckpt is not None:
+        try:
+            accelerator.load_state(str(ckpt))
+        except (RuntimeError, ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"{ckpt}: cannot resume ({str(e).splitlines()[0]})") from None
+        if ema is not None:
+            ema.to(device=accelerator.device)  # Accelerate loads custom objects onto the CPU
+        saved = st.read_state(ckpt)
+        start_step, last_loss = int(saved["step"]), float(saved["loss"])
+
+    # -- data ------------------------------------------------------------------------------------
+    try:
+        num_items = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(f"{type(dataset).__name__}: the training loop needs a dataset with a length") from None
+    schedule = st.make_schedule(num_items, cfg.batch_size, accelerator.num_processes, cfg.grad_accum, cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=st.StepBatchSampler(schedule, accelerator.process_index, start_step, cfg.steps),
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        pin_memory=accelerator.device.type == "cuda",
+        # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+        # which would shift every later random draw of a resumed run.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        st.remove_stale_tmp(out_dir)
+        st.truncate_metrics(out_dir, start_step)  # drop lines a killed run logged past its checkpoint
+        st.record_invocation(out_dir, run_config, {"train": to_dict(cfg), "optim": to_dict(optim_cfg)}, {
+            "argv": list(sys.argv),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "resumed_from": str(ckpt) if ckpt is not None else None,
+            "start_step": start_step,
+            "world_size": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "device": str(accelerator.device),
+        })
+        if ckpt is not None:
+            _warn_if_layout_changed(st.read_state(ckpt), schedule)
+    accelerator.wait_for_everyone()
+
+    # -- train -----------------------------------------------------------------------------------
+    losses: list[float] = []
+    if start_step >= cfg.steps:
+        log.info("%s: already at step %d of %d; only re-exporting", out_dir, start_step, cfg.steps)
+    hook = getattr(task, "on_step_start", None)
+    with ExitStack() as stack:
+        bar = stack.enter_context(_Bar(progress and main, cfg.steps, start_step))
+        tb = _tensorboard(out_dir, start_step) if main else None
+        if tb is not None:
+            stack.callback(tb.close)
+        window = _Window(accelerator.device)
+        data = iter(loader)
+        model.train()
+        for step in range(start_step, cfg.steps):
+            epoch = schedule.epoch_of(step)
+            if hook is not None:
+                hook(step, epoch)
+            lr = optimizer.param_groups[0]["lr"]  # the lr this step's update uses
+            for _ in range(cfg.grad_accum):
+                batch = send_to_device(next(data), accelerator.device, non_blocking=True)
+                with accelerator.accumulate(model):
+                    out = model(batch)
+                    if not isinstance(out, dict) or "loss" not in out:
+                        raise TypeError(f"{type(task).__name__}.forward must return a dict with a 'loss'")
+                    accelerator.backward(out["loss"])  # scaled by 1/grad_accum inside
+                    if accelerator.sync_gradients:
+                        max_norm = optim_cfg.grad_clip if optim_cfg.grad_clip > 0 else math.inf
+                        grad_norm = accelerator.clip_grad_norm_(params, max_norm)  # norm before clipping
+                    optimizer.step()  # no-op until the last micro-batch
+                    if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                window.add_micro(out)
+            assert accelerator.sync_gradients, "accumulation out of step with the data"
+            if ema is not None:
+                ema.step(params)
+            window.add_step(grad_norm)
+            done = step + 1
+            bar.advance(1)
+
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                means, n_steps, dt = window.flush(accelerator)  # collective: every process reaches it
+                row = {"step": done, "epoch": schedule.epoch_of(step), "loss": means.pop("loss"), "lr": lr,
+                       "grad_norm": means.pop("grad_norm"), **means,
+                       "samples_per_s": schedule.global_batch * n_steps / dt,
+                       "seconds": time.perf_counter() - t_start}
+                last_loss = row["loss"]
+                losses.append(last_loss)
+                if main:
+                    st.append_metrics(out_dir, row)
+                    if tb is not None:
+                        for k, v in row.items():
+                            if k not in ("step", "epoch"):
+                                tb.add_scalar(k, v, done)
+                bar.set_loss(last_loss)
+
+            if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.steps:
+                _save_checkpoint(accelerator, out_dir, done, schedule, last_loss, cfg.keep_checkpoints)
+            if stop_after is not None and done >= stop_after and done < cfg.steps:
+                raise StopTraining(f"stopped after step {done} (stop_after={stop_after})")
+
+    # -- export ----------------------------------------------------------------------------------
+    export_dir = _export(accelerator, task, params, ema, out_dir, run_config)
+    return TrainResult(
+        steps=max(start_step, cfg.steps),
+        final_loss=last_loss,
+        losses=losses,
+        export_dir=export_dir,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _validate(train_cfg: TrainConfig, optim_cfg: OptimConfig) -> None:
+    """Reject settings the loop cannot run, naming the dotted config path."""
+    t, o = train_cfg, optim_cfg
+    checks = [
+        ("train.steps", t.steps >= 1, "must be >= 1"),
+        ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
+        ("train.grad_accum", t.grad_accum >= 1, "must be >= 1"),
+        ("train.ema_decay", 0.0 <= t.ema_decay < 1.0, "must be in [0, 1)"),
+        ("train.mixed_precision", t.mixed_precision in ("auto", "no", "bf16", "fp16"),
+         "must be one of auto, no, bf16, fp16"),
+        ("train.log_every", t.log_every >= 1, "must be >= 1"),
+        ("train.save_every", t.save_every >= 0, "must be >= 0"),
+        ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be >= 1"),
+        ("train.num_workers", t.num_workers >= 0, "must be >= 0"),
+        ("optim.lr", o.lr > 0, "must be > 0"),
+        ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
+        ("optim.betas", len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas),
+         "must be two numbers in [0, 1)"),
+        ("optim.warmup_steps", o.warmup_steps >= 0, "must be >= 0"),
+        ("optim.schedule", o.schedule in ("cosine", "constant"), "must be cosine or constant"),
+        ("optim.grad_clip", o.grad_clip >= 0, "must be >= 0 (0 disables clipping)"),
+    ]
+    for path, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{path}: {why} (got {_get(t, o, path)!r})")
+    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA device (use no or bf16)")
+
+
+def _get(t: TrainConfig, o: OptimConfig, path: str) -> Any:
+    group, name = path.split(".")
+    return getattr(t if group == "train" else o, name)
+
+
+def _build_optimizer(task: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and kernels (ndim >= 2) only, never on biases, norms, embeddings' 1-D."""
+    decay = [p for p in task.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in task.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def _build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps: int):
+    """Linear warm-up from 0, then cosine to 0 at `steps` or constant (diffusers' schedules)."""
+    if cfg.schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, steps)
+    return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+
+
+class _Window:
+    """Sums of the task's scalars since the last log line, kept on device (no per-step host sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}  # per-micro-batch scalars
+        self.micro = 0  # micro-batches in the window
+        self.grad_norm = torch.zeros((), device=device)  # sum over optimizer steps
+        self.steps = 0  # optimizer steps in the window
+        self.t0 = time.perf_counter()
+
+    def add_micro(self, out: dict) -> None:
+        for k, v in out.items():
+            v = torch.as_tensor(v.detach() if torch.is_tensor(v) else v, device=self.device).float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.micro += 1
+
+    def add_step(self, grad_norm: torch.Tensor) -> None:
+        self.grad_norm = self.grad_norm + grad_norm.detach().float()
+        self.steps += 1
+
+    def flush(self, accelerator: Accelerator) -> tuple[dict[str, float], int, float]:
+        """(window means averaged over processes, optimizer steps, seconds); resets the window."""
+        keys = sorted(self.sums)
+        vec = torch.stack([self.sums[k] / self.micro for k in keys] + [self.grad_norm / self.steps])
+        vec = accelerator.reduce(vec, reduction="mean").tolist()
+        means = dict(zip(keys, vec[:-1]))
+        means["grad_norm"] = vec[-1]
+        steps, dt = self.steps, max(time.perf_counter() - self.t0, 1e-9)
+        self.__init__(self.device)
+        return means, steps, dt
+
+
+def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, schedule: st.DataSchedule,
+                     loss: float, keep: int) -> None:
+    """save_state into step-N.tmp on every process, then (main) state.json, atomic rename, rotation."""
+    final = st.checkpoint_dir(out_dir, step)
+    tmp = st.tmp_dir_for(final)
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        st.write_state(tmp, {
+            "step": step, "epoch": schedule.epoch_of(step - 1), "loss": loss,
+            "steps_per_epoch": schedule.steps_per_epoch, "global_batch": schedule.global_batch,
+            "num_items": schedule.num_items, "world_size": schedule.world_size,
+        })
+        st.commit_checkpoint(tmp, final)
+        st.rotate_checkpoints(out_dir, keep)
+    accelerator.wait_for_everyone()
+
+
+def _export(accelerator: Accelerator, task: nn.Module, params: list[torch.nn.Parameter],
+            ema: EMAModel | None, out_dir: Path, run_config: dict | None) -> Path | None:
+    """Main process: EMA weights in, `task.export(out_dir/export)` (written to a temp dir, then swapped), restore."""
+    export = getattr(task, "export", None)
+    final = out_dir / EXPORT_DIR
+    accelerator.wait_for_everyone()
+    if export is not None and accelerator.is_main_process:
+        tmp = out_dir / (EXPORT_DIR + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        was_training = task.training
+        task.eval()
+        if ema is not None:
+            ema.store(params)
+            ema.copy_to(params)
+        try:
+            export(tmp)
+            if run_config is not None:
+                (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        finally:
+            if ema is not None:
+                ema.restore(params)
+            task.train(was_training)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    accelerator.wait_for_everyone()
+    return final if export is not None else None
+
+
+def _warn_if_layout_changed(saved: dict, schedule: st.DataSchedule) -> None:
+    for key, now in (("num_items", schedule.num_items), ("global_batch", schedule.global_batch)):
+        if saved.get(key, now) != now:
+            log.warning("resuming with %s %s (checkpoint had %s): the data order will not continue exactly",
+                        key, now, saved[key])
+
+
+def _tensorboard(out_dir: Path, start_step: int):
+    """A SummaryWriter under out_dir/tb when `tensorboard` is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=start_step + 1)
+
+
+class _Bar:
+    """A rich progress bar (or nothing) with a running loss field."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.progress = None
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                                     TimeRemainingColumn())
+            self.task_id = self.progress.add_task("train", total=total, completed=done, loss="-")
+
+    def __enter__(self) -> _Bar:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task_id, n)
+
+    def set_loss(self, loss: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, loss=f"{loss:.4g}")
+
