@@ -45,7 +45,9 @@ app.command("info", help="Versions, device, threads and the pretrained weights t
 
 def _register() -> None:
     """Attach command groups; each lives in its own module and is imported lazily here."""
-    from . import dataset, vae
+    from . import dataset, dataset_models, vae
+
+    dataset.app.command("latents")(dataset_models.latents)
 
     app.add_typer(dataset.app, name="dataset", help="Build, prepare and inspect shape datasets.")
     app.add_typer(vae.app, name="vae", help="Shape VAEs (Direct3D triplane, TRELLIS stage 1): train, check, reconstruct.")
