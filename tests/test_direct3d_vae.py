@@ -107,10 +107,11 @@ def test_plane_sampling_convention():
 
 
 def test_token_rollout_and_plane_unrollout(tiny):
-    R, D, C = 16, 128, 8
+    vae = TriplaneVAE.from_preset("tiny")
+    R, C = vae.config.triplane_res, vae.config.latent_dim
+    D = vae.config.num_attention_heads * vae.config.attention_head_dim
     tok = torch.zeros(1, 3 * R * R, D)
     tok[0, :, 0] = torch.arange(3 * R * R, dtype=torch.float32)
-    vae = TriplaneVAE.from_preset("tiny")
     vae.encoder.forward = lambda x: tok  # the encoder's token t*R^2 + h*R + w ...
     with torch.no_grad():
         vae.pre_latent.weight.zero_()
@@ -135,7 +136,7 @@ def test_token_rollout_and_plane_unrollout(tiny):
 def test_tiny_shapes_and_determinism(tiny):
     points, normals = _cloud()
     z = tiny.encode(points, normals)
-    assert tiny.latent_shape == (8, 16, 48) and z.shape == (2, 8, 16, 48)
+    assert tiny.latent_shape == (8, 8, 24) and z.shape == (2, 8, 8, 24)
     torch.testing.assert_close(tiny.encode(points, normals), z, rtol=0, atol=0)  # mean: deterministic
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     s1 = tiny.encode(points, normals, sample=True, generator=g1)
@@ -147,7 +148,7 @@ def test_tiny_shapes_and_determinism(tiny):
         logits = tiny.query_planes(planes, xyz)
     assert planes.shape == (2, 3, 16, 32, 32)
     assert logits.shape == (2, 100) and torch.isfinite(logits).all()
-    assert tiny.num_params() == 1_280_065
+    assert tiny.num_params() == 849_729
 
 
 def test_tiny_gradient_reaches_every_parameter():
@@ -191,7 +192,7 @@ def test_to_mesh_decodes_once_and_matches_direct_queries(tiny):
 def test_save_pretrained_load_vae_round_trip(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "vae", extra_config={"latent_stats": {"mean": [0.5]}})
     meta = read_vae_config(tmp_path / "vae")
-    assert meta["class"] == "TriplaneVAE" and meta["preset"] == "tiny" and meta["config"]["triplane_res"] == 16
+    assert meta["class"] == "TriplaneVAE" and meta["preset"] == "tiny" and meta["config"]["triplane_res"] == 8
     loaded = load_vae(tmp_path / "vae").train(tiny.training)  # same mode: SDPA paths differ by ~1e-7
     assert isinstance(loaded, TriplaneVAE) and loaded.extra_config == {"latent_stats": {"mean": [0.5]}}
     points, normals = _cloud()
@@ -205,9 +206,9 @@ def test_save_pretrained_load_vae_round_trip(tiny, tmp_path):
     assert isinstance(load_vae(bare, class_name="TriplaneVAE", preset="tiny"), TriplaneVAE)
     with pytest.raises(CheckpointError, match="needs class_name and preset"):
         load_vae(_moved(bare, tmp_path))
-    TriplaneVAE.from_preset("tiny", triplane_res=8).save_pretrained(tmp_path / "r8")
-    with pytest.raises(CheckpointError, match=r"r8/model.safetensors: does not fit .*encoder.learnable_token"):
-        load_vae(tmp_path / "r8" / "model.safetensors", class_name="TriplaneVAE", preset="tiny")
+    TriplaneVAE.from_preset("tiny", triplane_res=4).save_pretrained(tmp_path / "r4")
+    with pytest.raises(CheckpointError, match=r"r4/model.safetensors: does not fit .*encoder.learnable_token"):
+        load_vae(tmp_path / "r4" / "model.safetensors", class_name="TriplaneVAE", preset="tiny")
 
 
 def _moved(src, tmp_path):

@@ -15,7 +15,7 @@ from ..errors import LostError
 
 T = TypeVar("T")
 
-console = Console()  # results and progress (stdout)
+console = Console(soft_wrap=True)  # results and progress (stdout); soft wrap: never break a result line
 err_console = Console(stderr=True, soft_wrap=True)  # warnings (stderr)
 
 # Option aliases shared by every command group (huggingface_hub CLI style).

@@ -70,10 +70,11 @@ def prepare(
     wait()
     if rank == 0:
         finalize(out)
+        known = f", {result.known_failures} known failures not retried" if result.known_failures else ""
         console.print(f"prepared {result.done} new, skipped {result.skipped} done, "
-                      f"{len(result.failed)} failed on this process ({time.time() - t0:.1f} s) -> {out}")
-        for f in result.failed:
-            err_console.print(f"  failed: {f['file']}: {f['reason']}")
+                      f"{len(result.failed)} failed{known} on this process ({time.time() - t0:.1f} s) -> {out}")
+        for f in result.failed:  # the reason starts with the file path
+            err_console.print(f"  failed: {f['reason']}", markup=False)
 
 
 @app.command("info")
@@ -83,8 +84,12 @@ def info(
 ) -> None:
     """Counts per split and category, and the failures of a prepared dataset."""
     from ..data.store import DatasetStore
+    from ..errors import DataError
 
-    data = DatasetStore(path).info()
+    store = DatasetStore(path)
+    if not (path / "items").is_dir() and not (path / "config.json").is_file():
+        raise DataError(f"{path}: not a prepared dataset (no items/ or config.json; see lost dataset prepare)")
+    data = store.info()
     if json_out:
         print(json.dumps(data, indent=2))
         return
@@ -99,6 +104,37 @@ def info(
     console.print(table)
     for f in data["failures"]:
         console.print(f"[red]failed[/red] {f['file']}: {f['reason']}")
+
+
+@app.command("check")
+def check(
+    meshes: Annotated[list[Path], typer.Argument(help="Mesh files (obj, glb/gltf, ply, stl, off).")],
+    up: Annotated[str, typer.Option("--up", help="Up axis of the sources: y (glTF) or z.")] = "y",
+    max_faces: Annotated[int, typer.Option("--max-faces", help="Refuse meshes with more triangles.")] = 2_000_000,
+    json_out: JsonOpt = False,
+) -> None:
+    """Load, validate and normalise each mesh as `prepare` would, and print its statistics.
+
+    Stops with a one-line error (exit code 2) at the first unusable file.
+    Example: lost dataset check chair.glb lamp.obj
+    """
+    from ..data.mesh import load_mesh, mesh_stats, normalize_mesh, up_rotation
+    from ..errors import MeshError
+
+    up_rotation(up)  # ConfigError on a bad axis, before reading any file
+    for path in meshes:
+        mesh = load_mesh(path, max_faces=max_faces)
+        try:
+            _, norm = normalize_mesh(mesh, up=up)
+        except MeshError as e:
+            raise MeshError(f"{path}: {e}") from e
+        stats = {"file": str(path), **mesh_stats(mesh), "scale": norm.scale}
+        if json_out:
+            print(json.dumps(stats))
+            continue
+        console.print(f"{path}: vertices {stats['vertices']}, faces {stats['faces']}, "
+                      f"watertight {'yes' if stats['watertight'] else 'no'}, components {stats['components']}, "
+                      f"normalising scale {stats['scale']:.4g}", markup=False)  # paths may hold "[...]"
 
 
 @app.command("preview")

@@ -25,7 +25,7 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOpt = N
     from ..config import to_dict
     from ..data.loader import StoreDataset
     from ..train.loop import seed_everything, train as run_train
-    from ..train.vae import VaeRunConfig, VaeTask, build_model
+    from ..train.vae import VaeRunConfig, build_model, make_task
     from .common import start_run
 
     cfg = resolve_config(VaeRunConfig, recipe, sets)
@@ -36,7 +36,7 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOpt = N
     # Only a few times the points a step uses are read per item: keeps I/O and memory small.
     first = {"surface_points": 4 * cfg.loss.points, "surface_normals": 4 * cfg.loss.points}
     dataset = StoreDataset(data, keys, split=cfg.split, first=first)
-    task = VaeTask(build_model(cfg.model), cfg.loss, run_config=to_dict(cfg))
+    task = make_task(build_model(cfg.model), cfg, run_config=to_dict(cfg))
     result = run_train(task, dataset, cfg.train, cfg.optim, out, resume=resume, run_config=to_dict(cfg))
     console.print(f"trained {result.steps} steps, final loss {result.final_loss:.4f} ({result.seconds:.0f} s); "
                   f"export: {result.export_dir}")

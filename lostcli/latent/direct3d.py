@@ -54,16 +54,18 @@ class TriplaneVAEConfig:
 PRESETS: dict[str, TriplaneVAEConfig] = {
     # The released D3D-VAE: 119,275,265 params (encoder 66.2M, decoder 53.0M); latent [16, 32, 96].
     "direct3d": TriplaneVAEConfig(),
-    # Trains on a CPU: 1,280,065 params; latent [8, 16, 48]; decoded planes 3 x 16 x 32 x 32.
+    # CPU preset, same classes: latent [8, 8, 24] (three 8x8 planes), decoded to 3 x 16 x 32 x 32;
+    # ~0.85M parameters, ~0.5 s per training step (batch 16, 2048 points, 4096 queries) on 2 CPU threads.
     "tiny": TriplaneVAEConfig(
-        triplane_res=16,
+        triplane_res=8,
         latent_dim=8,
         triplane_dim=16,
         num_attention_heads=4,
         attention_head_dim=32,
         num_encoder_layers=2,
         num_geodecoder_layers=3,
-        block_out_channels=[32, 64],
+        block_out_channels=[32, 32, 32],
+        layers_per_block=1,
     ),
 }
 

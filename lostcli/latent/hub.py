@@ -22,7 +22,7 @@ HUB_FILES = {
 
 
 def _is_trellis_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.glob("ss_enc*.json")) and any(path.glob("ss_dec*.json"))
+    return path.is_dir() and any(path.glob("ss_enc*.json")) or any(path.glob("ckpts/ss_enc*.json"))
 
 
 def _download(repo: str) -> Path:
@@ -56,7 +56,8 @@ def resolve_vae(spec: str | Path, preset: str | None = None, device: str | None 
     if _is_trellis_dir(path):
         from .trellis import load_trellis_pair
 
-        return load_trellis_pair(path).to(device or "cpu").eval()
+        on_gpu = str(device or "cpu").startswith("cuda")
+        return load_trellis_pair(path, use_fp16=on_gpu).to(device or "cpu").eval()  # fp16 Conv3d is slow on CPU
     if path.is_file() and not (path.parent / "config.json").is_file():
         if preset is None:
             raise CheckpointError(f"{path}: a bare checkpoint needs --preset ({', '.join(PRESET_CLASS)})")
@@ -64,3 +65,47 @@ def resolve_vae(spec: str | Path, preset: str | None = None, device: str | None 
             raise CheckpointError(f"--preset {preset}: unknown (known: {', '.join(PRESET_CLASS)})")
         return load_vae(path, class_name=PRESET_CLASS[preset], preset=preset, device=device)
     return load_vae(path, device=device)
+
+
+def check_checkpoint(path: str | Path, preset: str) -> dict:
+    """Compare a downloaded checkpoint with a preset, key by key, without loading any values.
+
+    Returns:
+        {part name: StateDictReport}: one part for Direct3D ("vae"), two for TRELLIS ("encoder", "decoder").
+    """
+    import torch
+
+    from .checkpoint import compare_state_dict, read_state_dict
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if preset in ("direct3d", "tiny"):
+        from .direct3d import TriplaneVAE
+
+        with torch.device("meta"):  # shapes only: no 119M-parameter allocation
+            model = TriplaneVAE.from_preset(preset)
+        return {"vae": compare_state_dict(model, read_state_dict(path))}
+    if preset == "trellis":
+        from .trellis import PRESETS, SparseStructureDecoder, SparseStructureEncoder, _find_in_dir
+
+        cfg = PRESETS["trellis"]
+        with torch.device("meta"):
+            enc = SparseStructureEncoder(cfg.in_channels, cfg.latent_channels, cfg.num_res_blocks, cfg.enc_channels,
+                                         cfg.num_res_blocks_middle, cfg.norm_type)
+            dec = SparseStructureDecoder(cfg.out_channels, cfg.latent_channels, cfg.num_res_blocks, cfg.dec_channels,
+                                         cfg.num_res_blocks_middle, cfg.norm_type)
+        if path.is_dir():
+            files = {"encoder": _find_in_dir(path, "enc"), "decoder": _find_in_dir(path, "dec")}
+        else:  # one file: an encoder or a decoder, told apart by its name
+            part = "encoder" if "enc" in path.name else "decoder" if "dec" in path.name else None
+            if part is None:
+                raise CheckpointError(f"{path}: cannot tell encoder from decoder; pass the folder holding both")
+            files = {part: path}
+        out = {}
+        for part, file in files.items():
+            file = Path(file)
+            weights = file if file.suffix == ".safetensors" else file.with_suffix(".safetensors")
+            out[part] = compare_state_dict(enc if part == "encoder" else dec, read_state_dict(weights))
+        return out
+    raise CheckpointError(f"--preset {preset}: unknown (known: direct3d, tiny, trellis)")

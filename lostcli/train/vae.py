@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import OptimConfig, TrainConfig, to_dict
+from ..config import OptimConfig, TrainConfig
 from ..data.sampling import semi_continuous_target
 from ..errors import ConfigError
 from ..latent.base import ShapeVAE, build_vae
@@ -53,12 +53,6 @@ def build_model(cfg: VaeModelConfig) -> ShapeVAE:
         raise ConfigError(f"model: {e}") from None
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """TRELLIS' soft dice on voxel logits: 1 - (2 sum(p y) + 1) / (sum p + sum y + 1)."""
-    p = torch.sigmoid(logits)
-    return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
-
-
 class VaeTask(torch.nn.Module):
     """Occupancy reconstruction + KL. Batches hold surface points/normals and stored occupancy samples."""
 
@@ -97,5 +91,25 @@ class VaeTask(torch.nn.Module):
         self.vae.save_pretrained(out_dir, extra_config={"run": self.run_config})
 
 
-def vae_run_dict(cfg: VaeRunConfig) -> dict:
-    return to_dict(cfg)
+class SparseVaeTask(VaeTask):
+    """TRELLIS stage 1: surface-voxel grid in, the same grid out; soft dice + KL (TRELLIS' trainer loss)."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from ..latent.trellis import dice_loss
+
+        points = self._subsample(batch["surface_points"], self.cfg.points)
+        vox = self.vae.voxelize(points)  # [B, 1, R, R, R] surface shell
+        post = self.vae.encode_voxels(vox)
+        z = post.sample() if self.cfg.sample_posterior else post.mode()
+        logits = self.vae.decode_logits(z)
+        rec = dice_loss(logits, vox)
+        kl = post.kl().mean()
+        with torch.no_grad():
+            iou = ((logits > 0) & (vox > 0.5)).sum() / ((logits > 0) | (vox > 0.5)).sum().clamp(min=1)
+        return {"loss": rec + self.cfg.kl_weight * kl, "dice": rec.detach(), "kl": kl.detach(), "iou": iou}
+
+
+def make_task(vae: ShapeVAE, cfg: "VaeRunConfig", run_config: dict | None = None) -> VaeTask:
+    """The training task matching the VAE's architecture."""
+    cls = SparseVaeTask if cfg.model.arch == "sparse" else VaeTask
+    return cls(vae, cfg.loss, run_config=run_config)
