@@ -111,6 +111,8 @@ def check(
     meshes: Annotated[list[Path], typer.Argument(help="Mesh files (obj, glb/gltf, ply, stl, off).")],
     up: Annotated[str, typer.Option("--up", help="Up axis of the sources: y (glTF) or z.")] = "y",
     max_faces: Annotated[int, typer.Option("--max-faces", help="Refuse meshes with more triangles.")] = 2_000_000,
+    labels: Annotated[int, typer.Option("--labels", help="Also label N occupancy queries (as prepare does) and "
+                                        "report their agreement with an independent ray-parity test.")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
     """Load, validate and normalise each mesh as `prepare` would, and print its statistics.
@@ -129,12 +131,24 @@ def check(
         except MeshError as e:
             raise MeshError(f"{path}: {e}") from e
         stats = {"file": str(path), **mesh_stats(mesh), "scale": norm.scale}
+        if labels > 0:
+            stats["label_agreement"] = _label_agreement(normalize_mesh(mesh, up=up)[0], labels)
         if json_out:
             print(json.dumps(stats))
             continue
         console.print(f"{path}: vertices {stats['vertices']}, faces {stats['faces']}, "
                       f"watertight {'yes' if stats['watertight'] else 'no'}, components {stats['components']}, "
-                      f"normalising scale {stats['scale']:.4g}", markup=False)  # paths may hold "[...]"
+                      f"normalising scale {stats['scale']:.4g}"
+                      + (f", winding/ray-parity label agreement {stats['label_agreement'] * 100:.2f}%"
+                         if labels > 0 else ""), markup=False)  # paths may hold "[...]"
+
+
+def _label_agreement(mesh, n: int) -> float:
+    """Fraction of n prepare-style occupancy queries where winding-number and ray-parity labels agree."""
+    from ..data.sampling import OccupancyConfig, inside_by_ray_parity, sample_occupancy
+
+    occ = sample_occupancy(mesh, OccupancyConfig(n_uniform=n // 2, n_near=n - n // 2), seed=0)
+    return float(((occ["sdf"] < 0) == inside_by_ray_parity(mesh, occ["points"])).mean())
 
 
 @app.command("preview")

@@ -72,6 +72,37 @@ def reconstruct(
                   f"F-score@0.02 {m['fscore_0.02']:.3f}  ({result.seconds:.1f} s) -> {out}")
 
 
+@app.command("eval")
+def evaluate(
+    vae: VaeOpt,
+    data: DataOpt,
+    out: OutOpt,
+    split: Annotated[str, typer.Option("--split", help="Dataset split to evaluate.")] = "test",
+    preset: PresetOpt = None,
+    resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid resolution.")] = 128,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N shapes.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Median reconstruction Chamfer/F-score on a split vs. the random-other-shape baseline, plus a PNG.
+
+    Writes OUT/vae_eval.json, OUT/vae_eval.md and OUT/recon_grid.png (8 inputs beside their reconstructions).
+    Example: lost vae eval --vae runs/vae/export --data prepared --out runs/vae/eval
+    """
+    from ..eval.vae_eval import evaluate_vae
+    from ..latent.hub import resolve_vae
+    from .dataset import _progress
+
+    model = resolve_vae(vae, preset=preset)
+    with _progress("eval", None) as tick:
+        result = evaluate_vae(model, data, split=split, resolution=resolution, limit=limit, seed=seed,
+                              out_dir=out, progress=tick)
+    s = result.summary
+    console.print(f"{s['n']} {split} shapes: median Chamfer {s['median_chamfer'] * 100:.3f} x10^-2 "
+                  f"(random other shape: {s['median_baseline_chamfer'] * 100:.3f} x10^-2, ratio "
+                  f"{s['ratio_baseline_over_recon']:.1f}x), median F@0.01 {s['median_fscore_0.01']:.3f}, "
+                  f"failures {s['failures']} ({result.seconds:.0f} s) -> {out}")
+
+
 @app.command("check")
 def check(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint: Direct3D vae.ckpt/.safetensors, or a TRELLIS folder/json prefix.")],

@@ -22,7 +22,7 @@ HUB_FILES = {
 
 
 def _is_trellis_dir(path: Path) -> bool:
-    return path.is_dir() and any(path.glob("ss_enc*.json")) or any(path.glob("ckpts/ss_enc*.json"))
+    return path.is_dir() and (any(path.glob("ss_enc*.json")) or any(path.glob("ckpts/ss_enc*.json")))
 
 
 def _download(repo: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from ..config import OptimConfig, TrainConfig
 from ..data.sampling import semi_continuous_target
 from ..errors import ConfigError
-from ..latent.base import ShapeVAE, build_vae
+from ..latent.base import ShapeVAE, build_vae, get_vae_class
 
 
 @dataclass
@@ -44,13 +45,26 @@ ARCHS = {"triplane": "TriplaneVAE", "sparse": "SparseStructureVAE"}  # recipe na
 
 
 def build_model(cfg: VaeModelConfig) -> ShapeVAE:
-    """Instantiate an untrained VAE from an architecture, a preset and field overrides."""
+    """Instantiate an untrained VAE from an architecture, a preset and field overrides.
+
+    Raises:
+        ConfigError: naming `model.arch`, `model.preset` or `model.overrides.<field>`.
+    """
     if cfg.arch not in ARCHS:
         raise ConfigError(f"model.arch: {cfg.arch!r} is not one of {sorted(ARCHS)}")
+    cls = get_vae_class(ARCHS[cfg.arch])
+    if cfg.preset not in cls.presets:
+        raise ConfigError(f"model.preset: {cfg.preset!r} is not a {cfg.arch} preset (known: {', '.join(cls.presets)})")
+    fields = sorted(f.name for f in dataclasses.fields(cls.config_class))
+    unknown = sorted(set(cfg.overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f"model.overrides.{unknown[0]}: unknown key (known: {', '.join(fields)})")
     try:
         return build_vae(ARCHS[cfg.arch], dict(cfg.overrides), preset=cfg.preset)
     except ConfigError as e:
-        raise ConfigError(f"model: {e}") from None
+        # type errors start with the field's name; cross-field checks (__post_init__) name none
+        sep = "." if str(e).split(":", 1)[0].split("[", 1)[0] in fields else ": "
+        raise ConfigError(f"model.overrides{sep}{e}") from None
 
 
 class VaeTask(torch.nn.Module):
