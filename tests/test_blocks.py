@@ -12,13 +12,7 @@ from lostcli.models.blocks import (Attention, Block, DiTBlock, FinalLayer, Patch
                                    sincos_1d, sincos_2d, unpatchify)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs (slow on a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(module: torch.nn.Module, std: float = 0.1) -> None:

@@ -11,20 +11,10 @@ from pathlib import Path
 import torch
 
 from lostcli import __version__
-from lostcli.cli.app import main
+
+from conftest import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `lost ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_lost(*args: str) -> subprocess.CompletedProcess:

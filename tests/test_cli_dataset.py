@@ -10,48 +10,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lostcli.cli.app import main
 from lostcli.data.prompts import generate_prompts
 from lostcli.data.render import LABEL_HEIGHT
 from lostcli.data.synth import CATEGORIES
 
-DATA = Path(__file__).parent / "data"
+from conftest import DATA, cli, cli_ok, one_error
+
 TINY = ["--set", "surface_points=256", "--set", "occupancy.n_uniform=256", "--set", "occupancy.n_near=256",
         "--set", "render_size=32"]
 # The bad files of the prepare source and a word their failure reason must contain.
 BAD = {"corrupt.glb": "corrupt", "empty.obj": "empty", "text.glb": "corrupt", "nan_vertex.obj": "NaN"}
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `lost ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(err: str) -> str:
-    """The single stderr line of a user error (fails when there are more, or a traceback)."""
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
-def _run(*args) -> None:
-    """`lost ARGS` for fixtures (no capsys there); fails on a non-zero exit."""
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        assert e.code in (0, None), f"lost {' '.join(map(str, args))} exited with {e.code}"
-
-
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "S"
-    _run("dataset", "synth", "--out", out, "--n", 20, "--seed", 0)
+    cli_ok("dataset", "synth", "--out", out, "--n", 20, "--seed", 0)
     return out
 
 
@@ -73,7 +47,7 @@ def bad_src(tmp_path_factory, synth_dir) -> Path:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, bad_src) -> Path:
     out = tmp_path_factory.mktemp("prep") / "P"
-    _run("dataset", "prepare", bad_src, "--out", out, *TINY)
+    cli_ok("dataset", "prepare", bad_src, "--out", out, *TINY)
     return out
 
 

@@ -11,10 +11,11 @@ import pytest
 from lostcli.cli import app as app_module
 from lostcli.cli import dataset as dataset_cli
 from lostcli.cli import teacher as teacher_cli
-from lostcli.cli.app import main
 from lostcli.config import load_config
 from lostcli.data.store import DatasetStore, ShardWriter
 from lostcli.train.teacher import TeacherRunConfig
+
+from conftest import cli, cli_ok
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.embed_dim=32", "--set", "model.image_size=32", "--set", "model.patch_size=8",
@@ -28,17 +29,6 @@ if not any(g.name == "teacher" for g in app_module.app.registered_groups):
     app_module.app.add_typer(teacher_cli.app, name="teacher")
 if not any(c.name == "features" for c in dataset_cli.app.registered_commands):
     dataset_cli.app.command("features")(teacher_cli.features)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `lost ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def make_store(root: Path) -> Path:
@@ -59,11 +49,8 @@ def trained(tmp_path_factory):
     """(dataset, run dir) after a 6-step `lost teacher train` run."""
     root = make_store(tmp_path_factory.mktemp("ds"))
     run = tmp_path_factory.mktemp("run") / "teacher"
-    try:
-        main(["teacher", "train", "--recipe", str(REPO / "recipes" / "tiny" / "teacher.yaml"), "--data", str(root),
-              "--out", str(run), *TINY])
-    except SystemExit as e:
-        assert e.code in (0, None), f"lost teacher train exited with {e.code}"
+    cli_ok("teacher", "train", "--recipe", REPO / "recipes" / "tiny" / "teacher.yaml", "--data", root, "--out", run,
+           *TINY)
     return root, run
 
 

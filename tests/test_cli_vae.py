@@ -14,7 +14,6 @@ import trimesh
 from safetensors.torch import save_file
 
 from lostcli.batch.reconstruct import roundtrip
-from lostcli.cli.app import main
 from lostcli.config import load_config
 from lostcli.data.mesh import load_mesh, normalize_mesh
 from lostcli.data.sampling import sample_surface
@@ -25,6 +24,8 @@ from lostcli.latent.direct3d import TriplaneVAE
 from lostcli.latent.extract import query_grid
 from lostcli.latent.hub import check_checkpoint
 from lostcli.train.vae import VaeRunConfig
+
+from conftest import cli, cli_ok, one_error
 
 REPO = Path(__file__).resolve().parents[1]
 PENGUIN = REPO / "tests" / "data" / "penguin.glb"
@@ -38,32 +39,6 @@ TRAIN = ["--recipe", REPO / "recipes" / "tiny" / "vae.yaml", "--set", "train.bat
          "--set", "train.save_every=2"]
 LATENT = (8, 8, 24)  # the tiny preset's [C, R, 3R]
 UNPICKLED: list[str] = []  # what Evil's reduce would record if a checkpoint reader ever ran it
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `lost ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(err: str) -> str:
-    """The single stderr line of a user error (fails when there are more, or a traceback)."""
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
-def _run(*args) -> None:
-    """`lost ARGS` for fixtures (no capsys there); fails on a non-zero exit."""
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        assert e.code in (0, None), f"lost {' '.join(map(str, args))} exited with {e.code}"
 
 
 def metrics_rows(run: Path) -> list[dict]:
@@ -86,14 +61,14 @@ class Evil:
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vae_data")
     synth_dataset(root / "S", n=12, seed=0)
-    _run("dataset", "prepare", root / "S", "--out", root / "P", *PREP)
+    cli_ok("dataset", "prepare", root / "S", "--out", root / "P", *PREP)
     return root / "P"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, prepared) -> Path:
     out = tmp_path_factory.mktemp("vae_run") / "R"
-    _run("vae", "train", "--data", prepared, "--out", out, *TRAIN, "--set", "train.steps=4")
+    cli_ok("vae", "train", "--data", prepared, "--out", out, *TRAIN, "--set", "train.steps=4")
     return out
 
 

@@ -16,13 +16,7 @@ TINY = dict(latent_shape=[4, 4, 8], patch_size=2, enc_width=32, enc_depth=2, enc
             token_dim=8, dec_width=32, dec_depth=2, dec_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP hand-offs (slow on a shared, busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(**overrides) -> LoSTTokenizer:

@@ -20,13 +20,7 @@ from lostcli.data.mesh import (
 )
 from lostcli.errors import ConfigError, DataError, MeshError
 
-DATA = Path(__file__).parent / "data"
-
-
-def _box(extents=(1.0, 1.0, 1.0), center=(0.0, 0.0, 0.0)) -> trimesh.Trimesh:
-    m = trimesh.creation.box(extents=extents)
-    m.apply_translation(center)
-    return m
+from conftest import DATA, make_box
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -49,7 +43,7 @@ def test_export_then_load_round_trips(tmp_path: Path, ext: str) -> None:
 
 @pytest.mark.parametrize("ext", [".stl", ".off", ".gltf"])
 def test_load_other_formats(tmp_path: Path, ext: str) -> None:
-    src = _box((1.0, 2.0, 3.0), center=(1.0, 0.0, -2.0))
+    src = make_box((1.0, 2.0, 3.0), center=(1.0, 0.0, -2.0))
     exported = src.export(file_type=ext[1:])
     files = exported if isinstance(exported, dict) else {f"box{ext}": exported}
     for name, data in files.items():  # glTF comes as a .gltf plus its .bin buffers
@@ -62,20 +56,20 @@ def test_load_other_formats(tmp_path: Path, ext: str) -> None:
 
 def test_extension_is_case_insensitive(tmp_path: Path) -> None:
     path = tmp_path / "BOX.OBJ"
-    path.write_text(_box().export(file_type="obj"))
+    path.write_text(make_box().export(file_type="obj"))
     assert len(load_mesh(path).faces) == 12
 
 
 def test_scene_is_merged_with_node_transforms(tmp_path: Path) -> None:
     scene = trimesh.Scene()
-    unit = _box()
+    unit = make_box()
     shift = np.eye(4)
     shift[:3, 3] = [3.0, 0.0, 0.0]
     mirror = np.diag([1.0, 1.0, -1.0, 1.0])  # det < 0: faces must be flipped to stay outward
     mirror[:3, 3] = [0.0, 0.0, 5.0]
     scene.add_geometry(unit, node_name="a", geom_name="cube")
     scene.add_geometry(unit, node_name="b", geom_name="cube", transform=shift)  # same geometry, instanced
-    scene.add_geometry(_box((1.0, 1.0, 2.0)), node_name="c", geom_name="tall", transform=mirror)
+    scene.add_geometry(make_box((1.0, 1.0, 2.0)), node_name="c", geom_name="tall", transform=mirror)
     scene.add_geometry(trimesh.PointCloud(np.ones((4, 3)) * 50.0), node_name="pts", geom_name="pts")
     path = tmp_path / "scene.glb"
     path.write_bytes(scene.export(file_type="glb"))
@@ -89,7 +83,7 @@ def test_scene_is_merged_with_node_transforms(tmp_path: Path) -> None:
 
 
 def test_partly_degenerate_faces_are_dropped(tmp_path: Path) -> None:
-    box = _box()
+    box = make_box()
     v = np.concatenate([box.vertices, [[9.0, 9.0, 9.0], [0.7, 0.7, 0.7]]])  # 8: unreferenced, 9: spike
     f = np.concatenate([box.faces, [[0, 1, 1], [9, 9, 9]]])  # two zero-area faces
     path = tmp_path / "dirty.obj"
@@ -105,7 +99,7 @@ def test_partly_degenerate_faces_are_dropped(tmp_path: Path) -> None:
 
 
 def test_normalize_box_longest_side_and_centre() -> None:
-    src = _box((2.0, 4.0, 1.0), center=(3.0, -1.0, 5.0))
+    src = make_box((2.0, 4.0, 1.0), center=(3.0, -1.0, 5.0))
     out, norm = normalize_mesh(src)
     np.testing.assert_allclose(out.bounds, [[-0.475, -0.95, -0.2375], [0.475, 0.95, 0.2375]], atol=1e-12)
     np.testing.assert_allclose(src.bounds.mean(axis=0), [3.0, -1.0, 5.0])  # input left unchanged
@@ -130,11 +124,11 @@ def test_up_z_maps_plus_z_to_plus_y() -> None:
 
 def test_bad_up_axis() -> None:
     with pytest.raises(ConfigError, match="up"):
-        normalize_mesh(_box(), up="x")
+        normalize_mesh(make_box(), up="x")
 
 
 def test_normalization_inverse_and_dict_round_trip() -> None:
-    _, norm = normalize_mesh(_box((0.3, 7.0, 2.0), center=(10.0, 20.0, -30.0)), up="z")
+    _, norm = normalize_mesh(make_box((0.3, 7.0, 2.0), center=(10.0, 20.0, -30.0)), up="z")
     x = np.random.default_rng(0).normal(size=(50, 3))
     np.testing.assert_allclose(norm.inverse(norm.apply(x)), x, atol=1e-12)
     assert norm.apply(x.astype(np.float32)).dtype == np.float32
@@ -229,7 +223,7 @@ def test_too_many_faces(tmp_path: Path) -> None:
 
 def test_export_rejects_unknown_extension(tmp_path: Path) -> None:
     with pytest.raises(MeshError) as info:
-        export_mesh(_box(), tmp_path / "box.stl")
+        export_mesh(make_box(), tmp_path / "box.stl")
     assert str(info.value).startswith(str(tmp_path / "box.stl"))
     assert not (tmp_path / "box.stl").exists()
 
@@ -244,7 +238,7 @@ def test_supported_extensions() -> None:
 
 
 def test_mesh_stats_values() -> None:
-    stats = mesh_stats(_box((1.0, 2.0, 3.0)))
+    stats = mesh_stats(make_box((1.0, 2.0, 3.0)))
     assert stats == {
         "vertices": 8,
         "faces": 12,
@@ -253,7 +247,7 @@ def test_mesh_stats_values() -> None:
         "area": pytest.approx(2 * (2.0 + 3.0 + 6.0)),
         "bbox": [[-0.5, -1.0, -1.5], [0.5, 1.0, 1.5]],
     }
-    two = trimesh.util.concatenate([_box(), _box(center=(5.0, 0.0, 0.0))])
+    two = trimesh.util.concatenate([make_box(), make_box(center=(5.0, 0.0, 0.0))])
     assert mesh_stats(two)["components"] == 2
     avocado = mesh_stats(load_mesh(DATA / "avocado.glb"))
     assert avocado["watertight"] is False and avocado["faces"] == 682

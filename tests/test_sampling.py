@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -21,13 +19,7 @@ from lostcli.data.sampling import (
     winding_number,
 )
 
-DATA = Path(__file__).parent / "data"
-
-
-def _box(extents=(1.0, 1.0, 1.0), center=(0.0, 0.0, 0.0)) -> trimesh.Trimesh:
-    m = trimesh.creation.box(extents=extents)
-    m.apply_translation(center)
-    return m
+from conftest import DATA, make_box
 
 
 def _sphere(radius: float = 0.8, subdivisions: int = 5) -> trimesh.Trimesh:
@@ -45,7 +37,7 @@ def _uniform(n: int, bound: float, seed: int) -> np.ndarray:
 
 def test_box_surface_points_and_normals() -> None:
     half = np.array([0.5, 1.0, 1.5])
-    pts, nrm = sample_surface(_box(2 * half), 4000, seed=0)
+    pts, nrm = sample_surface(make_box(2 * half), 4000, seed=0)
     assert pts.shape == nrm.shape == (4000, 3) and pts.dtype == nrm.dtype == np.float32
     rel = np.abs(pts) / half  # 1 on the face a point lies on, <= 1 elsewhere
     np.testing.assert_allclose(rel.max(axis=1), 1.0, atol=1e-6)
@@ -85,7 +77,7 @@ def test_surface_sampling_is_seeded() -> None:
 
 def test_winding_matches_analytic_box_and_sphere() -> None:
     q = _uniform(4000, 1.0, seed=2)
-    box = _box((1.2, 0.8, 1.6))
+    box = make_box((1.2, 0.8, 1.6))
     dist_to_box_surface = np.abs(np.abs(q) - [0.6, 0.4, 0.8]).min(axis=1)
     inside_box = np.all(np.abs(q) < [0.6, 0.4, 0.8], axis=1)
     away = dist_to_box_surface > 0.01
@@ -101,7 +93,7 @@ def test_winding_matches_analytic_box_and_sphere() -> None:
 
 
 def test_open_box_interior_is_mostly_inside() -> None:
-    box = _box()
+    box = make_box()
     top = box.face_normals[:, 1] > 0.5  # remove the +Y face (2 triangles): the box is no longer closed
     open_box = trimesh.Trimesh(box.vertices, box.faces[~top], process=False)
     assert not open_box.is_watertight
@@ -116,7 +108,7 @@ def test_open_box_interior_is_mostly_inside() -> None:
 
 def test_two_disjoint_parts_are_both_inside() -> None:
     ball = _sphere(0.3, 3).apply_translation((0.6, 0.0, 0.0))
-    mesh = trimesh.util.concatenate([_box(center=(-0.6, 0.0, 0.0)), ball])
+    mesh = trimesh.util.concatenate([make_box(center=(-0.6, 0.0, 0.0)), ball])
     q = np.array([[-0.6, 0.0, 0.0], [-0.8, 0.2, -0.3], [0.6, 0.0, 0.0], [0.7, 0.1, 0.0], [0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(inside_by_winding(mesh, q), [True, True, True, True, False])
     np.testing.assert_array_equal(inside_by_ray_parity(mesh, q), [True, True, True, True, False])
@@ -125,7 +117,7 @@ def test_two_disjoint_parts_are_both_inside() -> None:
 def test_ray_parity_on_axis_aligned_box() -> None:
     # Points whose axis-aligned rays would hit the box's triangle edges (the quad diagonals) exactly.
     q = np.array([[0.0, 0.0, 0.0], [0.1, 0.1, 0.1], [0.2, -0.2, 0.0], [0.7, 0.0, 0.0], [0.0, 0.0, -0.9]])
-    np.testing.assert_array_equal(inside_by_ray_parity(_box(), q), [True, True, True, False, False])
+    np.testing.assert_array_equal(inside_by_ray_parity(make_box(), q), [True, True, True, False, False])
 
 
 def test_ray_parity_agrees_with_winding_on_real_mesh() -> None:
@@ -158,7 +150,7 @@ def test_signed_distance_matches_analytic_sphere() -> None:
 
 def test_near_surface_points_stay_in_the_cube() -> None:
     cfg = OccupancyConfig(n_uniform=0, n_near=3000, near_scales=[0.05], bound=1.0)
-    pts = sample_occupancy(_box((1.98, 1.98, 1.98)), cfg, seed=11)["points"]
+    pts = sample_occupancy(make_box((1.98, 1.98, 1.98)), cfg, seed=11)["points"]
     assert pts.shape == (3000, 3)
     assert np.abs(pts).max() == pytest.approx(1.0)  # noise pushes many points past 1: they are clamped
 

@@ -19,13 +19,7 @@ from lostcli.train import state as st
 from lostcli.train.loop import StopTraining, Task, seed_everything, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny MLPs: intra-op threads only add spin-wait overhead on a shared 2-core machine (~10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RegressionSet(Dataset):

@@ -1,0 +1,387 @@
+"""The reconstruction table (PROTOCOLS.md, paper Table 2): quality of decoded token prefixes against k.
+
+For every shape of a split: tokenize its stored unit-frame surface samples (all R tokens), decode the first
+k tokens for each requested k (batched over shapes, one seeded noise per batch shared by every k), extract
+the mesh, and measure it against the stored ground-truth mesh: Chamfer distance and F-score (RAW values,
+100k points per surface, GT frame), the render classifier's category accuracy on its 4 views, and,
+when a feature network is given, the per-view cosine similarity of its global embeddings to the real
+renders. Two reference rows come with every table: "vae" (the shape VAE's own reconstruction, the upper
+bound) and "mean" (the decoded mean latent of the train split, the "no information" floor).
+
+Row statistics: Chamfer is the median over reconstructions that have a surface (failures are counted in
+`failures`, never dropped silently); F-scores are medians over all shapes (a failure scores 0); class
+accuracy counts a failure as wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trimesh
+
+from ..data.render import render_views, save_grid
+from ..data.store import DatasetStore, atomic_write_json
+from ..errors import ConfigError, DataError
+from .classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
+from .geometry import N_POINTS, failed_metrics, point_metrics, surface_points
+
+REFERENCE_ROWS = ("vae", "mean")
+
+
+@dataclass
+class ReconConfig:
+    split: str = "test"  # dataset split to reconstruct
+    ks: list[int | str] = field(default_factory=lambda: [1, 4, 16, "all"])  # prefix lengths; "all" = R
+    steps: int = 25  # decoder sampling steps
+    guidance: float = 3.0  # classifier-free guidance scale
+    resolution: int = 64  # marching-cubes grid
+    limit: int | None = None  # only the first N shapes of the split
+    n_points: int = N_POINTS  # surface samples per mesh for Chamfer / F-score
+    batch_size: int = 8  # shapes tokenized and decoded together
+    seed: int = 0  # decoder noise of the batch starting at shape s: seed + s; surface sampling: seed
+    render_size: int | None = None  # reconstruction renders; None: the size of the stored (real) renders
+    grid: int = 6  # shapes shown in each row's PNG
+    mean_items: int = 256  # train shapes averaged into the mean latent (evenly spaced)
+
+
+@dataclass
+class ReconResult:
+    rows: list[dict]  # one per k, then "vae" and "mean"
+    report: dict  # what recon.json holds
+    shapes: list[dict]  # per shape and row: chamfer, fscores, failed, predicted category
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parse_tokens(text: str) -> list[int | str]:
+    """"1,4,16,all" -> [1, 4, 16, "all"] (ConfigError on anything else)."""
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "all":
+            out.append("all")
+        elif part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise ConfigError(f"--tokens {text}: expected positive integers or 'all', comma-separated")
+    if not out:
+        raise ConfigError("--tokens: give at least one prefix length")
+    return out
+
+
+def resolve_ks(ks: list[int | str], num_tokens: int) -> list[int]:
+    """Sorted distinct prefix lengths with "all" = R; ConfigError when one exceeds R."""
+    out = sorted({num_tokens if k == "all" else int(k) for k in ks})
+    if not out or out[0] < 1 or out[-1] > num_tokens:
+        raise ConfigError(f"tokens: prefix lengths {out} must lie in 1..{num_tokens} (the model's R)")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The evaluation
+# ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def mean_latent(store: DatasetStore, vae, num_points: int, max_items: int, split: str = "train") -> tuple[torch.Tensor, dict]:
+    """Mean of the VAE's posterior-mean latents over (up to `max_items` evenly spaced) shapes of a split.
+
+    Encoded with the given VAE (not read from a stored table) so the floor always belongs to this model.
+
+    Returns:
+        (z_mean [C, H, W] on the VAE's device, {"split", "shapes"}).
+    """
+    records = store.records(split=split)
+    if not records:
+        split, records = "all", store.records()
+    pick = np.unique(np.linspace(0, len(records) - 1, min(max_items, len(records))).round().astype(int))
+    dev = next(vae.parameters()).device
+    total, n = None, 0
+    for start in range(0, len(pick), 32):
+        arrays = [store.load(records[i]["id"], keys=["surface_points", "surface_normals"]) for i in pick[start:start + 32]]
+        pts = torch.from_numpy(np.stack([a["surface_points"][:num_points] for a in arrays]).astype(np.float32))
+        nrm = torch.from_numpy(np.stack([a["surface_normals"][:num_points] for a in arrays]).astype(np.float32))
+        z = vae.encode(pts.to(dev), nrm.to(dev)).float().sum(dim=0)
+        total = z if total is None else total + z
+        n += len(arrays)
+    return total / n, {"split": split, "shapes": n}
+
+
+class _Row:
+    """Per-shape results of one table row."""
+
+    def __init__(self, name: int | str) -> None:
+        self.name = name
+        self.metrics: list[dict] = []  # SurfaceMetrics.as_dict per shape
+        self.hits: list[bool] = []  # classifier correct, per shape with a known category
+        self.sims: list[float] = []  # feature similarity per shape
+        self.tiles: list[np.ndarray] = []  # preview tiles (first `grid` shapes)
+        self.labels: list[str] = []  # one caption per tile
+
+    def summary(self) -> dict:
+        ok = [m["chamfer"] for m in self.metrics if not m["failed"]]
+        return {
+            "k": self.name,
+            "chamfer": _num(np.median(ok)) if ok else None,
+            "chamfer_mean": _num(np.mean(ok)) if ok else None,
+            "fscore_0.01": _num(np.median([m["fscore_0.01"] for m in self.metrics])),
+            "fscore_0.02": _num(np.median([m["fscore_0.02"] for m in self.metrics])),
+            "class_acc": _num(np.mean(self.hits)) if self.hits else None,
+            "class_n": len(self.hits),  # shapes whose category the classifier knows
+            "feature_sim": _num(np.mean(self.sims)) if self.sims else None,
+            "failures": sum(m["failed"] for m in self.metrics),
+            "n": len(self.metrics),
+        }
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float (NaN/inf -> None)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _metrics(mesh: trimesh.Trimesh | None, gt_points: np.ndarray, n: int, seed: int) -> dict:
+    if mesh is None or len(mesh.faces) == 0 or mesh.area <= 0:
+        return failed_metrics().as_dict()
+    return point_metrics(surface_points(mesh, n, seed), gt_points).as_dict()
+
+
+def _render(mesh: trimesh.Trimesh | None, size: int) -> np.ndarray:
+    """uint8 [4, size, size, 3] (white for a failed reconstruction)."""
+    return render_views(mesh if mesh is not None else trimesh.Trimesh(), size=size).images
+
+
+def _tile(gt: np.ndarray, pred: np.ndarray, size: int = 112) -> np.ndarray:
+    """Preview tile [size, 4 * size, 3]: GT | reconstruction for the front, then the right view."""
+    from PIL import Image
+
+    def small(img: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+    return np.concatenate([small(gt[0]), small(pred[0]), small(gt[1]), small(pred[1])], axis=1)
+
+
+def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedClassifier | None = None,
+                   teacher=None, out_dir: str | Path | None = None, command: str = "",
+                   progress: Callable | None = None) -> ReconResult:
+    """Build the reconstruction table of `pipe` (a `LostPipeline`) on a split of a prepared dataset.
+
+    Args:
+        pipe: the bundle's pipeline (VAE + tokenizer).
+        root: prepared dataset directory (surface samples, GT meshes, renders, categories).
+        cfg: what to evaluate and how.
+        classifier: the render classifier (class accuracy); None leaves class_acc empty.
+        teacher: optional feature network (`models.teacher.Teacher`) for render similarity.
+        out_dir: where recon.json, recon.md and the PNGs go (None: nothing written).
+        command: the command line, stored in the report.
+        progress: `progress(done, total, label)` per shape.
+    """
+    t0 = time.time()
+    store = DatasetStore(Path(root))
+    records = store.records(split=cfg.split)[: cfg.limit or None]
+    if not records:
+        raise DataError(f"{root}: no items in split {cfg.split!r}")
+    ks = resolve_ks(cfg.ks, pipe.num_tokens)
+    rows = {name: _Row(name) for name in [*ks, *REFERENCE_ROWS]}
+    classes = classifier.model.categories if classifier is not None else []
+    labels = label_indices([r.get("category") for r in records], classes) if classifier is not None else None
+    vae, n_enc = pipe.vae, pipe.num_points
+    # same cameras, shading and size as the stored ground-truth renders (PROTOCOLS "Renders")
+    size = cfg.render_size or int(store.load(records[0]["id"], keys=["renders"])["renders"].shape[1])
+
+    # the floor: one mesh for every shape
+    z_mean, mean_info = mean_latent(store, vae, n_enc, cfg.mean_items)
+    mean_mesh = vae.to_mesh(z_mean, resolution=cfg.resolution)
+    mean_pts = (surface_points(mean_mesh, cfg.n_points, cfg.seed)
+                if mean_mesh is not None and len(mean_mesh.faces) and mean_mesh.area > 0 else None)
+    mean_img = _render(mean_mesh, size)[None]  # [1, 4, S, S, 3]
+    mean_logits = classify_views(classifier.model, mean_img) if classifier is not None else None
+    mean_feat = teacher.forward_views(torch.from_numpy(mean_img))[0] if teacher is not None else None
+
+    shapes: list[dict] = []
+    t_decode = t_measure = 0.0
+    for start in range(0, len(records), cfg.batch_size):
+        chunk = records[start:start + cfg.batch_size]
+        arrays = [store.load(r["id"], keys=["surface_points", "surface_normals", "mesh_vertices", "mesh_faces",
+                                            "renders"]) for r in chunk]
+        pts = torch.from_numpy(np.stack([a["surface_points"][:n_enc] for a in arrays]).astype(np.float32))
+        nrm = torch.from_numpy(np.stack([a["surface_normals"][:n_enc] for a in arrays]).astype(np.float32))
+        t1 = time.time()
+        tokens = pipe.tokenize_points(pts, nrm)  # [B, R, token_dim]
+        meshes: dict[int | str, list] = {k: pipe.decode(tokens[:, :k], k=k, steps=cfg.steps, guidance=cfg.guidance,
+                                                        seed=cfg.seed + start, resolution=cfg.resolution) for k in ks}
+        z = vae.encode(pts.to(pipe.device), nrm.to(pipe.device))
+        meshes["vae"] = [vae.to_mesh(zi, resolution=cfg.resolution) for zi in z]
+        t2 = time.time()
+        t_decode += t2 - t1
+
+        gt_renders = np.stack([a["renders"] for a in arrays])  # [B, 4, H, W, 3] real renders
+        gt_feat = teacher.forward_views(torch.from_numpy(gt_renders))[0] if teacher is not None else None
+        rendered: dict[int | str, np.ndarray] = {}
+        per_shape = [{"id": r["id"], "category": r.get("category")} for r in chunk]
+        for i, a in enumerate(arrays):
+            gt = trimesh.Trimesh(a["mesh_vertices"], a["mesh_faces"], process=False)
+            gt_pts = surface_points(gt, cfg.n_points, cfg.seed + 1)
+            for name in [*ks, "vae"]:
+                per_shape[i][str(name)] = _metrics(meshes[name][i], gt_pts, cfg.n_points, cfg.seed)
+            per_shape[i]["mean"] = (point_metrics(mean_pts, gt_pts).as_dict() if mean_pts is not None
+                                    else failed_metrics().as_dict())
+        for name in [*ks, "vae"]:
+            rendered[name] = np.stack([_render(m, size) for m in meshes[name]])  # [B, 4, S, S, 3]
+        rendered["mean"] = np.repeat(mean_img, len(chunk), axis=0)
+
+        for name, row in rows.items():
+            imgs = rendered[name]
+            for i in range(len(chunk)):
+                row.metrics.append(per_shape[i][str(name)])
+            if classifier is not None:
+                logits = mean_logits.expand(len(chunk), -1, -1) if name == "mean" else classify_views(classifier.model, imgs)
+                pred = shape_probabilities(logits).argmax(dim=-1).numpy()  # [B]
+                for i in range(len(chunk)):
+                    y = labels[start + i]
+                    failed = per_shape[i][str(name)]["failed"]
+                    per_shape[i][str(name)]["predicted"] = None if failed else classes[pred[i]]
+                    if y >= 0:
+                        row.hits.append(bool(pred[i] == y and not failed))
+            if teacher is not None:
+                feat = mean_feat.expand(len(chunk), -1, -1) if name == "mean" else teacher.forward_views(torch.from_numpy(imgs))[0]
+                sim = torch.nn.functional.cosine_similarity(feat, gt_feat, dim=-1).mean(dim=1)  # [B]
+                for i in range(len(chunk)):
+                    per_shape[i][str(name)]["feature_sim"] = float(sim[i])
+                    row.sims.append(float(sim[i]))
+            for i in range(len(chunk)):
+                if len(row.tiles) < cfg.grid:
+                    row.tiles.append(_tile(gt_renders[i], imgs[i]))
+                    m = per_shape[i][str(name)]
+                    cd = "failed" if m["failed"] else f"CD {m['chamfer'] * 100:.2f}e-2"
+                    row.labels.append(f"{chunk[i].get('category')} {chunk[i]['id']}: {cd}")
+        shapes.extend(per_shape)
+        t_measure += time.time() - t2
+        if progress:
+            progress(start + len(chunk), len(records), chunk[-1]["id"])
+
+    table = [row.summary() for row in rows.values()]
+    test_eval = classifier.test_eval if classifier is not None else None
+    report = {
+        "rows": table,
+        "chance": 1.0 / len(classes) if classes else None,
+        "classifier_test_acc": classifier.test_accuracy if classifier is not None else None,
+        "classifier_test_acc_per_view": float(test_eval["per_view_acc"]) if test_eval else None,
+        "classifier": str(classifier.path) if classifier is not None else None,
+        "feature_network": getattr(teacher, "name", None),
+        "command": command,
+        "protocol": "PROTOCOLS.md reconstruction table; chamfer is RAW (multiply by 100 for the paper's x10^-2 "
+                    "figure); medians over shapes (chamfer over non-failed reconstructions)",
+        "split": cfg.split, "n": len(records), "model_id": pipe.model_id, "num_tokens": pipe.num_tokens,
+        "settings": {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "resolution": cfg.resolution,
+                     "points_per_surface": cfg.n_points, "encoder_points": n_enc, "seed": cfg.seed,
+                     "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")},
+        "mean_latent": mean_info,
+        "seconds": {"decode": round(t_decode, 2), "measure": round(t_measure, 2), "total": round(time.time() - t0, 2)},
+    }
+    result = ReconResult(table, report, shapes, seconds=time.time() - t0)
+    if out_dir is not None:
+        result.files = write_report(result, rows, Path(out_dir))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report files
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cell(v: float | None, scale: float = 1.0) -> str:
+    return "-" if v is None else f"{v * scale:.3f}"
+
+
+def _row_label(k: int | str, num_tokens: int) -> str:
+    if k == "vae":
+        return "VAE reconstruction (upper bound)"
+    if k == "mean":
+        return "mean latent (floor)"
+    return f"k = {k} (all)" if k == num_tokens else f"k = {k}"
+
+
+def render_markdown(report: dict) -> str:
+    """recon.md: the table, then what produced it."""
+    s, R = report["settings"], report["num_tokens"]
+    lines = [
+        f"# Reconstruction vs number of tokens ({report['split']} split, {report['n']} shapes)",
+        "",
+        f"Chamfer distance shown x10^-2 (printed number x 10^-2 = raw value; recon.json holds raw values), "
+        f"median over reconstructions with a surface; F-score medians at tau 0.01 / 0.02; "
+        f"{s['points_per_surface']} surface points per mesh; {s['steps']} {s['scheduler']} steps, guidance "
+        f"{s['guidance']}, marching cubes at {s['resolution']}^3, seed {s['seed']}.",
+        "",
+        "| row | median CD (x10^-2) | mean CD (x10^-2) | median F@0.01 | median F@0.02 | class acc | feature sim | failures |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {_row_label(r['k'], R)} | {_cell(r['chamfer'], 100)} | {_cell(r['chamfer_mean'], 100)} | "
+                     f"{_cell(r['fscore_0.01'])} | {_cell(r['fscore_0.02'])} | {_cell(r['class_acc'])} | "
+                     f"{_cell(r['feature_sim'])} | {r['failures']}/{r['n']} |")
+    lines += ["", f"- Class accuracy: render classifier `{report['classifier']}` on the 4 views of each "
+              f"reconstruction (shape-level, view-averaged logits); its own test accuracy on real renders: "
+              f"{_cell(report['classifier_test_acc'])} per shape, {_cell(report['classifier_test_acc_per_view'])} "
+              f"per view; chance {_cell(report['chance'])}. A failed reconstruction counts as wrong.",
+              f"- Feature similarity: {report['feature_network'] or 'not measured (no --teacher)'} "
+              "(per-view cosine of global embeddings, reconstruction vs real render, averaged over views and shapes).",
+              f"- Mean latent: average of {report['mean_latent']['shapes']} {report['mean_latent']['split']} shapes' "
+              "latents encoded by the bundle's VAE, decoded once.",
+              f"- Model {report['model_id'][:12]}, R = {R}. Command: `{report['command']}`", ""]
+    return "\n".join(lines)
+
+
+def write_report(result: ReconResult, rows: dict[int | str, _Row], out: Path) -> list[Path]:
+    """recon.json, recon.md, recon_<row>.png per row and recon_curve.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "recon.json", out / "recon.md"]
+    atomic_write_json(files[0], {**result.report, "shapes": result.shapes})
+    files[1].write_text(render_markdown(result.report))
+    R = result.report["num_tokens"]
+    for name, row in rows.items():
+        if row.tiles:
+            title = f"{_row_label(name, R)}: ground truth | reconstruction, front and right views"
+            files.append(save_grid(row.tiles, out / f"recon_{name}.png", labels=row.labels, ncols=1, title=title))
+    files.append(plot_curves(result.report, out / "recon_curve.png"))
+    return files
+
+
+def plot_curves(report: dict, path: Path) -> Path:
+    """Each metric against k (log2 axis), with the VAE and mean-latent rows as dashed references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    by_k = [r for r in rows if isinstance(r["k"], int)]
+    refs = {r["k"]: r for r in rows if r["k"] in REFERENCE_ROWS}
+    metrics = [("chamfer", 100.0, "median CD (x10^-2)"), ("fscore_0.01", 1.0, "median F@0.01"),
+               ("class_acc", 1.0, "class accuracy")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+    for ax, (key, scale, label) in zip(axes, metrics):
+        xs = [r["k"] for r in by_k if r[key] is not None]
+        ax.plot(xs, [r[key] * scale for r in by_k if r[key] is not None], "o-", color="C0", label="LoST prefix")
+        for (name, ref), color in zip(refs.items(), ("C2", "C3")):
+            if ref[key] is not None:
+                ax.axhline(ref[key] * scale, ls="--", color=color, label=name)
+        if key == "class_acc" and report.get("chance") is not None:
+            ax.axhline(report["chance"], ls=":", color="grey", label="chance")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([r["k"] for r in by_k], [str(r["k"]) for r in by_k])
+        ax.set_xlabel("tokens k")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,159 @@
+"""Shape retrieval against the teacher's neighbours (PROTOCOLS.md "Retrieval", paper supp. Table 1).
+
+Ground-truth neighbours of shape i: its top-K by teacher cosine similarity of the global embedding averaged
+over views (the `features` table's `global`), excluding i. Candidates: the top-K of a method's own
+embedding by cosine, excluding i. With o = |candidates intersect ground truth|:
+Recall@K = o / K, Jaccard = o / (2K - o), mAP@K = (1/K) sum_{j=1..K} P(j) rel(j) (normalised by K, the
+Kaggle definition). Every figure is a mean over query shapes, a fraction in [0, 1].
+
+Methods: "raw" (cosine on the flattened normalised latents), and any trained student (RIDA, the direct
+regression baseline, ablations) through its L2-normalised global embedding `RidaStudent.embed`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.store import DatasetStore
+from ..errors import DataError
+from ..models.rida import RidaStudent
+
+KS = (3, 5)
+LATENTS, FEATURES = "latents", "features"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------
+
+
+def top_k_excluding_self(sim: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices [n, k] of the k most similar other items per row of sim [n, n], most similar first."""
+    n = sim.shape[0]
+    if k > n - 1:
+        raise DataError(f"retrieval@{k} needs more than {k} shapes, got {n}")
+    masked = sim.clone().float()
+    masked.fill_diagonal_(float("-inf"))
+    return masked.topk(k, dim=1).indices
+
+
+def retrieval_metrics(gt: torch.Tensor, retrieved: torch.Tensor) -> dict[str, float]:
+    """Mean Recall@K, mAP@K and Jaccard of ranked retrievals [n, K] against ground-truth sets [n, K]."""
+    n, K = retrieved.shape
+    rel = (retrieved[:, :, None] == gt[:, None, :]).any(dim=2).float()  # [n, K] rel(j)
+    o = rel.sum(dim=1)  # [n]
+    precision_at = rel.cumsum(dim=1) / torch.arange(1, K + 1, dtype=torch.float32)  # [n, K] P(j)
+    ap = (precision_at * rel).sum(dim=1) / K
+    return {"recall": float((o / K).mean()), "map": float(ap.mean()), "jaccard": float((o / (2 * K - o)).mean())}
+
+
+def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    """[n, D] -> [n, n] cosine similarities."""
+    x = F.normalize(x.float(), dim=-1)
+    return x @ x.T
+
+
+def evaluate_embeddings(teacher: torch.Tensor, method: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[int, dict]:
+    """{K: metrics} of a method's embeddings [n, D] against the teacher's global embeddings [n, Dt]."""
+    t_sim, m_sim = cosine_matrix(teacher), cosine_matrix(method)
+    return {k: retrieval_metrics(top_k_excluding_self(t_sim, k), top_k_excluding_self(m_sim, k)) for k in ks}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Embeddings of a dataset
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrievalSet:
+    """One evaluation split: raw latents and teacher global embeddings, aligned by id."""
+
+    name: str  # "test", "val", "ood", ...
+    root: Path  # dataset directory
+    ids: list[str]  # sorted ids present in both tables
+    z: torch.Tensor  # [n, C, H, W] raw latents
+    teacher: torch.Tensor  # [n, Dt] teacher global embeddings (mean over views)
+    latent_stats: dict  # the dataset's latents/stats.json
+
+
+def load_retrieval_set(root: Path, split: str | None, name: str) -> RetrievalSet:
+    """Latents and teacher globals of `split` (None: every item, e.g. an out-of-distribution folder)."""
+    store = DatasetStore(Path(root))
+    for table in (LATENTS, FEATURES):
+        if not store.has_table(table):
+            raise DataError(f"{root}: no '{table}' table (run lost dataset {table} first)")
+    have = set(store.ids(split=split, table=FEATURES))
+    ids = [i for i in store.ids(split=split, table=LATENTS) if i in have]
+    if len(ids) <= max(KS):
+        raise DataError(f"{root}: split {split or 'all'!r} has {len(ids)} shapes with latents and features; "
+                        f"retrieval@{max(KS)} needs more than {max(KS)}")
+    z = np.stack([store.load(i, keys=["z"], table=LATENTS)["z"] for i in ids]).astype(np.float32)
+    t = np.stack([store.load(i, keys=["global"], table=FEATURES)["global"] for i in ids]).astype(np.float32)
+    return RetrievalSet(name, Path(root), ids, torch.from_numpy(z), torch.from_numpy(t), store.read_stats(LATENTS))
+
+
+def raw_embeddings(data: RetrievalSet) -> torch.Tensor:
+    """Flattened per-channel normalised latents [n, C*H*W] (the dataset's train statistics)."""
+    mean = torch.tensor(data.latent_stats["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(data.latent_stats["std"], dtype=torch.float32).view(1, -1, 1, 1)
+    return ((data.z - mean) / std).flatten(1)
+
+
+@torch.no_grad()
+def student_embeddings(student: RidaStudent, z: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """f_theta of raw latents [n, C, H, W] -> [n, D] (normalised with the student's own latent statistics)."""
+    student.eval()
+    device = next(student.parameters()).device
+    out = [student.embed(student.normalize(z[s:s + batch_size].to(device))).cpu()
+           for s in range(0, z.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------------------
+
+
+def retrieval_table(sets: list[RetrievalSet], methods: dict[str, RidaStudent | None],
+                    progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Rows {method, split, K, recall, map, jaccard, n} for every method (None = raw latents) and set."""
+    rows = []
+    for data in sets:
+        for name, student in methods.items():
+            if progress:
+                progress(f"{name} on {data.name} ({len(data.ids)} shapes)")
+            emb = raw_embeddings(data) if student is None else student_embeddings(student, data.z)
+            for k, m in evaluate_embeddings(data.teacher, emb).items():
+                rows.append({"method": name, "split": data.name, "K": k, **m, "n": len(data.ids)})
+    return rows
+
+
+def write_report(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Path]:
+    """Write OUT/retrieval.json ({"rows": [...], **meta}) and OUT/retrieval.md (one table per split and K)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "retrieval.json", out_dir / "retrieval.md"
+    json_path.write_text(json.dumps({"rows": rows, **meta}, indent=2) + "\n")
+    lines = ["# Shape retrieval (PROTOCOLS.md \"Retrieval\")", "",
+             f"Ground truth: top-K neighbours by teacher cosine ({meta.get('teacher', 'teacher')}, global "
+             "embedding averaged over 4 views), self excluded. Candidates: top-K of each method's embedding.",
+             f"Command: `{meta.get('command', '')}`", ""]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for split in dict.fromkeys(r["split"] for r in rows):
+        for k in dict.fromkeys(r["K"] for r in rows):
+            sel = {r["method"]: r for r in rows if r["split"] == split and r["K"] == k}
+            n = next(iter(sel.values()))["n"]
+            lines += [f"## {split} split, K = {k} ({n} shapes)", "",
+                      "| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+            for metric, label in (("recall", f"Recall@{k}"), ("map", f"mAP@{k}"), ("jaccard", "Jaccard")):
+                lines.append(f"| {label} | " + " | ".join(f"{100 * sel[m][metric]:.2f}%" for m in methods) + " |")
+            lines.append("")
+    md_path.write_text("\n".join(lines))
+    return json_path, md_path

@@ -1,0 +1,205 @@
+"""Noise schedules and the sampler of the LoST decoder, on top of diffusers' schedulers.
+
+Two kinds, chosen by `tokenizer.scheduler` in a recipe:
+
+- "flow" (default): rectified flow / flow matching as FlexTok and SD3. With sigma in [0, 1],
+  x_t = (1 - sigma) x0 + sigma noise and the decoder predicts the velocity v = noise - x0 (what
+  `FlowMatchEulerDiscreteScheduler.scale_noise` and `.step` assume, shift 1.0). Training draws sigma
+  logit-normal (sigmoid of N(0, 1), FlexTok / SD3) or uniform; sampling integrates Euler from sigma = 1 to 0.
+- "ddpm": `DDPMScheduler` (1000 steps, linear betas, epsilon prediction, as Semanticist / DiT) for training,
+  sampled with `DDIMScheduler` (eta 0) built from the same config, so 25 steps suffice.
+
+The decoder always receives a floating time t01 in [0, 1]: sigma for "flow", timestep / num_train_timesteps
+for "ddpm" (the decoder multiplies it by `LoSTConfig.time_scale`), identically in training and sampling.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .lost import LoSTTokenizer
+
+KINDS = ("flow", "ddpm")
+PREDICTION = {"flow": "velocity", "ddpm": "epsilon"}  # the decoder target each kind trains (LoSTConfig.prediction)
+TIME_SAMPLING = ("logit_normal", "uniform")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Schedulers
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_kind(kind: str) -> str:
+    """Return `kind` if it is a known scheduler kind, else raise ConfigError naming `tokenizer.scheduler`."""
+    if kind not in KINDS:
+        raise ConfigError(f"tokenizer.scheduler: {kind!r} is not one of {list(KINDS)}")
+    return kind
+
+
+def make_scheduler(kind: str = "flow", num_train_timesteps: int = 1000, for_sampling: bool = False):
+    """A fresh diffusers scheduler.
+
+    Args:
+        kind: "flow" (FlowMatchEulerDiscreteScheduler, shift 1.0) or "ddpm" (DDPMScheduler, epsilon).
+        num_train_timesteps: length of the training chain.
+        for_sampling: "ddpm" only: return the DDIMScheduler that samples the same chain (eta 0).
+    """
+    check_kind(kind)
+    if kind == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=1.0)
+    # clip_sample off: normalised latents are not confined to [-1, 1] as pixels are
+    ddpm = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
+                         prediction_type="epsilon", clip_sample=False)
+    return DDIMScheduler.from_config(ddpm.config) if for_sampling else ddpm
+
+
+@lru_cache(maxsize=8)
+def _alphas_cumprod(num_train_timesteps: int) -> torch.Tensor:
+    """alpha-bar [T] of the "ddpm" training chain (read only)."""
+    return make_scheduler("ddpm", num_train_timesteps).alphas_cumprod.float()
+
+
+def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1, 1, 1] in x's dtype and device (broadcasts over a latent batch)."""
+    return t.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training: time draws, forward process, x0 from a prediction
+# ----------------------------------------------------------------------------------------------------
+
+
+def sample_u(batch_size: int, mode: str = "logit_normal", device: torch.device | str | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training times u [B] in (0, 1): sigmoid(N(0, 1)) ("logit_normal") or U(0, 1) ("uniform").
+
+    Drawn with torch's global RNG unless a generator is given (checkpoints restore the global RNG).
+    """
+    if mode not in TIME_SAMPLING:
+        raise ConfigError(f"tokenizer.time_sampling: {mode!r} is not one of {list(TIME_SAMPLING)}")
+    where = generator.device if generator is not None else torch.device("cpu")
+    if mode == "logit_normal":
+        u = torch.sigmoid(torch.randn(batch_size, generator=generator, device=where))
+    else:
+        u = torch.rand(batch_size, generator=generator, device=where)
+    return u.to(device or where)
+
+
+def noised(kind: str, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor,
+           num_train_timesteps: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward process at times u.
+
+    Args:
+        kind: "flow" or "ddpm".
+        x0: clean normalised latents [B, C, H, W].
+        noise: N(0, I) of the same shape.
+        u: [B] in [0, 1]: sigma for "flow"; for "ddpm" the timestep floor(u T) (clamped to T - 1).
+
+    Returns:
+        (x_t [B, C, H, W], t01 [B] float in [0, 1] for the decoder, target [B, C, H, W]):
+        flow: x_t = (1 - sigma) x0 + sigma noise, target v = noise - x0;
+        ddpm: x_t = sqrt(abar) x0 + sqrt(1 - abar) noise (`DDPMScheduler.add_noise`), target noise.
+    """
+    check_kind(kind)
+    u = u.to(x0.device)
+    if kind == "flow":
+        sigma = u.to(x0.dtype)
+        s = _expand(sigma, x0)
+        return (1.0 - s) * x0 + s * noise, sigma, noise - x0
+    T = num_train_timesteps
+    timesteps = (u * T).long().clamp(0, T - 1)  # [B] integer timesteps
+    abar = _expand(_alphas_cumprod(T).to(x0.device)[timesteps], x0)
+    x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise  # = DDPMScheduler.add_noise
+    return x_t, timesteps.to(x0.dtype) / T, noise
+
+
+def predict_x0(kind: str, x_t: torch.Tensor, t01: torch.Tensor, pred: torch.Tensor,
+               num_train_timesteps: int = 1000) -> torch.Tensor:
+    """The clean latents a prediction implies: flow x_t - sigma v; ddpm (x_t - sqrt(1 - abar) eps) / sqrt(abar).
+
+    Args:
+        x_t: noised latents [B, C, H, W]; t01: [B] times as `noised` returns them; pred: the decoder output.
+
+    Returns:
+        x0_hat [B, C, H, W] (differentiable in pred).
+    """
+    check_kind(kind)
+    if kind == "flow":
+        return x_t - _expand(t01, x_t) * pred
+    T = num_train_timesteps
+    timesteps = (t01.to(x_t.device).float() * T).round().long().clamp(0, T - 1)
+    abar = _expand(_alphas_cumprod(T).to(x_t.device)[timesteps], x_t)
+    return (x_t - (1.0 - abar).sqrt() * pred) / abar.sqrt()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_latents(
+    tokenizer: LoSTTokenizer,
+    tokens: torch.Tensor,
+    keep: torch.Tensor | int,
+    steps: int = 25,
+    guidance: float = 3.0,
+    generator: torch.Generator | None = None,
+    kind: str = "flow",
+    num_train_timesteps: int = 1000,
+) -> torch.Tensor:
+    """Decode token prefixes into normalised latents with classifier-free guidance.
+
+    Each step evaluates the conditional and the unconditional (all-null) condition in one batch and mixes
+    v = v_u + guidance (v_c - v_u); guidance 1 runs the conditional pass alone.
+
+    Args:
+        tokenizer: a `LoSTTokenizer` (its decoder must predict `PREDICTION[kind]`).
+        tokens: [B, K, token_dim], K <= R.
+        keep: [B] (or one int) prefix lengths; positions >= keep are null tokens.
+        steps: scheduler steps.
+        guidance: CFG scale (1 = no guidance).
+        generator: seeds the starting noise (same seed, same output).
+        kind: "flow" or "ddpm" (sampled with DDIM).
+
+    Returns:
+        z_norm [B, C, H, W] (`tokenizer.denormalize` maps it to the VAE's latent space).
+    """
+    check_kind(kind)
+    if tokenizer.config.prediction != PREDICTION[kind]:
+        raise ConfigError(f"tokenizer.scheduler: {kind!r} needs a decoder predicting {PREDICTION[kind]!r}, this "
+                          f"one predicts {tokenizer.config.prediction!r}")
+    if steps < 1:
+        raise ConfigError(f"steps: must be >= 1, got {steps}")
+    device = tokens.device
+    B = tokens.shape[0]
+    keep = torch.as_tensor(keep, dtype=torch.long, device=device)
+    keep = keep.expand(B) if keep.dim() == 0 else keep
+    where = generator.device if generator is not None else device
+    x = torch.randn(B, *tokenizer.config.latent_shape, generator=generator, device=where).to(device)
+    scheduler = make_scheduler(kind, num_train_timesteps, for_sampling=True)
+    scheduler.set_timesteps(steps, device=device)
+    guided = guidance != 1.0
+    if guided:  # [cond ; null] batched together
+        cond2, keep2 = torch.cat([tokens, tokens]), torch.cat([keep, keep])
+        drop2 = torch.arange(2 * B, device=device) >= B  # [2B]: False for the cond half, True for the null half
+    for i, t in enumerate(scheduler.timesteps):
+        if kind == "flow":
+            t01 = scheduler.sigmas[i].to(device=device, dtype=torch.float32)  # sigma of this step
+        else:
+            t01 = t.to(device=device, dtype=torch.float32) / num_train_timesteps
+        if guided:
+            out = tokenizer.decoder_forward(torch.cat([x, x]), t01.expand(2 * B), cond2, keep2, drop2)
+            out_c, out_u = out.float().chunk(2)
+            out = out_u + guidance * (out_c - out_u)
+        else:
+            out = tokenizer.decoder_forward(x, t01.expand(B), tokens, keep).float()
+        x = scheduler.step(out, t, x).prev_sample
+    return x
