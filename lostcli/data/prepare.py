@@ -31,7 +31,7 @@ from ..errors import ConfigError, DataError, LostError
 from .mesh import SUPPORTED, load_mesh, mesh_stats, normalize_mesh, up_rotation
 from .render import render_views
 from .sampling import OccupancyConfig, sample_occupancy, sample_surface
-from .store import ITEMS, SPLITS, DatasetStore, FailureLog, ShardWriter, atomic_write_json, read_json
+from .store import ITEMS, SPLITS, DatasetStore, FailureLog, ShardWriter, atomic_write_json, iter_jsonl, read_json
 
 METADATA = "metadata.jsonl"
 Progress = Callable[[int, int, str], None]  # (processed so far, to process, id just processed)
@@ -107,22 +107,15 @@ def item_seed(seed: int, id: str) -> int:
 
 def _read_metadata(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{path}:{lineno}: malformed JSON line") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not rec["file"]:
-                raise DataError(f"{path}:{lineno}: record needs a 'file' string")
-            for key in ("id", "category", "caption", "split"):
-                if key in rec and not isinstance(rec[key], str):
-                    raise DataError(f"{path}:{lineno}: '{key}' must be a string")
-            if "split" in rec and rec["split"] not in SPLITS:
-                raise DataError(f"{path}:{lineno}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
-            rows.append((lineno, rec))
+    for lineno, rec in iter_jsonl(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not rec["file"]:
+            raise DataError(f"{path}:{lineno}: record needs a 'file' string")
+        for key in ("id", "category", "caption", "split"):
+            if key in rec and not isinstance(rec[key], str):
+                raise DataError(f"{path}:{lineno}: '{key}' must be a string")
+        if "split" in rec and rec["split"] not in SPLITS:
+            raise DataError(f"{path}:{lineno}: split {rec['split']!r} is not one of {', '.join(SPLITS)}")
+        rows.append((lineno, rec))
     return rows
 
 

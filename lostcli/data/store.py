@@ -96,6 +96,23 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: malformed JSON ({e})") from None
 
 
+def iter_jsonl(path: Path, what: str = "JSON line") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file.
+
+    Raises:
+        DataError: "PATH:LINE: malformed <what>" on a line that is not valid JSON (callers check its shape).
+    """
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{lineno}: malformed {what}") from None
+            yield lineno, rec
+
+
 def check_name(name: str, what: str) -> str:
     """Ids and array keys become zip member names "{id}/{key}": non-empty, no slashes or NUL."""
     if not isinstance(name, str) or not name or _NAME_BAD.search(name) or name in (".", ".."):
@@ -316,18 +333,11 @@ class DatasetStore:
             if not npz_path.is_file():
                 raise DataError(f"{index_path}: index without its shard {npz_path.name}")
             shards.append(npz_path.name)
-            with open(index_path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise DataError(f"{index_path}:{lineno}: malformed index line") from None
-                    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
-                        raise DataError(f"{index_path}:{lineno}: index record has no string 'id'")
-                    records[rec["id"]] = rec
-                    shard_of[rec["id"]] = npz_path
+            for lineno, rec in iter_jsonl(index_path, "index line"):
+                if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+                    raise DataError(f"{index_path}:{lineno}: index record has no string 'id'")
+                records[rec["id"]] = rec
+                shard_of[rec["id"]] = npz_path
         index = _TableIndex(sig, records, shard_of, shards)
         self._index[table] = index
         return index
