@@ -28,6 +28,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
+from ..latent.checkpoint import save_model_folder
 from ..models.teacher import resize_images
 
 CONFIG_NAME = "config.json"
@@ -133,18 +134,8 @@ class RenderClassifier(nn.Module):
 
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
         """Write config.json and model.safetensors (atomic renames)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
         meta = {"class": CLASS_NAME, "config": to_dict(self.config), **(extra_config or {})}
-        for path, write in ((directory / WEIGHTS_NAME, lambda p: save_file(state, str(p))),
-                            (directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))):
-            tmp = path.with_name(path.name + ".tmp")
-            write(tmp)
-            tmp.replace(path)
-        return directory
+        return save_model_folder(directory, self, meta)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> RenderClassifier:

@@ -18,11 +18,10 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn as nn
 import trimesh
-from safetensors.torch import save_file
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import load_strict, read_state_dict
+from .checkpoint import load_strict, read_state_dict, save_model_folder
 from .extract import extract_mesh
 
 CONFIG_NAME = "config.json"
@@ -160,20 +159,10 @@ class ShapeVAE(nn.Module):
             raise ConfigError(f"{directory}: extra_config may not use the reserved keys {clash}")
         meta = {"class": _registered_name(type(self)), "preset": self.preset, "config": to_dict(self.config)}
         meta.update(extra)
-        # contiguous CPU copies: safetensors refuses views and shared storage
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
-        _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-        return directory
+        return save_model_folder(directory, self, meta)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------------

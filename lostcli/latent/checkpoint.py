@@ -7,6 +7,7 @@ only read with `weights_only=True`, so a file cannot run code when it is opened.
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -169,3 +170,26 @@ def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str, ass
         # float weights follow the module's dtype (fp16 release -> fp32 model); integer buffers stay exact
         cast[k] = v.to(target.dtype) if v.is_floating_point() and target.is_floating_point() else v
     module.load_state_dict(cast, strict=True, assign=assign)
+
+
+def save_model_folder(directory: str | Path, module: nn.Module, meta: dict[str, Any],
+                      json_files: dict[str, Any] | None = None) -> Path:
+    """Write an HF-style model folder: `model.safetensors`, any extra JSON files, then `config.json`.
+
+    Every file is written to a temporary name and renamed, and `config.json` comes last, so a folder whose
+    config exists is complete. Tensors are saved as contiguous CPU copies (safetensors refuses views and
+    shared storage).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    writes = [("model.safetensors", lambda p: save_file(state, str(p)))]
+    for name, data in {**(json_files or {}), "config.json": meta}.items():
+        writes.append((name, lambda p, data=data: p.write_text(json.dumps(data, indent=2) + "\n")))
+    for name, write in writes:
+        tmp = directory / (name + ".tmp")
+        write(tmp)
+        tmp.replace(directory / name)
+    return directory

@@ -22,19 +22,18 @@ position embedding tells the planes apart by column). R registers give R tokens 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
-from ..latent.checkpoint import load_strict, read_state_dict
+from ..latent.checkpoint import load_strict, read_state_dict, save_model_folder
 from .blocks import LN_EPS, Block, DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
 
 CONFIG_NAME = "config.json"
@@ -431,20 +430,10 @@ class LoSTTokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
         """Write `config.json` (class, preset, config, latent stats, extras) and `model.safetensors`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         meta = {"class": type(self).__name__, "preset": self.preset, "config": to_dict(self.config),
                 "latent_stats": {"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()},
                 **self.extra_config, **(extra_config or {})}
-        # contiguous CPU copies: safetensors refuses views and shared storage
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(directory / WEIGHTS_NAME)
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(directory / CONFIG_NAME)
-        return directory
+        return save_model_folder(directory, self, meta)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> LoSTTokenizer:

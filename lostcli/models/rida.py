@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
+from ..latent.checkpoint import load_strict, read_state_dict, save_model_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -228,19 +228,10 @@ class RidaStudent(nn.Module):
 
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
         """Write `config.json` (class, preset, config, latent stats, extras) and `model.safetensors`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         meta = {"class": type(self).__name__, "preset": self.preset, "config": to_dict(self.config),
                 "latent_stats": {"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()},
                 **self.extra_config, **(extra_config or {})}
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp))
-        tmp.replace(directory / WEIGHTS_NAME)
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(directory / CONFIG_NAME)
-        return directory
+        return save_model_folder(directory, self, meta)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> RidaStudent:
@@ -256,14 +247,7 @@ class RidaStudent(nn.Module):
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
             raise CheckpointError(f"{folder / CONFIG_NAME}: not a RIDA student config ({e})") from None
         model = cls(config, preset=meta.get("preset"))
-        try:
-            state = load_file(str(folder / WEIGHTS_NAME))
-        except Exception as e:  # OSError, or safetensors' own SafetensorError on a corrupt file
-            raise CheckpointError(f"{folder / WEIGHTS_NAME}: unreadable ({e})") from None
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{folder / WEIGHTS_NAME}: does not fit the config (missing {missing[:3]}, "
-                                  f"unexpected {unexpected[:3]})")
+        load_strict(model, read_state_dict(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
         model.extra_config = {k: v for k, v in meta.items() if k not in ("class", "preset", "config", "latent_stats")}
         return model.to(device).eval()
 

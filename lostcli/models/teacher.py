@@ -33,6 +33,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError, LostError
+from ..latent.checkpoint import save_model_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm / DINOv2 preprocessing
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -321,26 +322,11 @@ class ClipTeacher(OpenClipTeacher):
 
     def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
         """Write config.json, open_clip_config.json and model.safetensors (the open_clip.CLIP state dict)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # contiguous CPU copies: safetensors refuses views and shared storage
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.model.state_dict().items()}
-        meta = {"class": BUILTIN_CLASS, "name": self.name, "config": to_dict(self.config),
-                "open_clip": {"model_cfg": open_clip_model_cfg(self.config),
-                              "preprocess_cfg": _preprocess_cfg(self.config)},
-                **(extra_config or {})}
         open_clip_meta = {"model_cfg": open_clip_model_cfg(self.config),
                           "preprocess_cfg": _preprocess_cfg(self.config)}
-        for path, write in ((directory / WEIGHTS_NAME, lambda p: save_file(state, str(p))),
-                            (directory / OPEN_CLIP_CONFIG_NAME,
-                             lambda p: p.write_text(json.dumps(open_clip_meta, indent=2) + "\n")),
-                            (directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))):
-            tmp = path.with_name(path.name + ".tmp")
-            write(tmp)
-            tmp.replace(path)
-        return directory
+        meta = {"class": BUILTIN_CLASS, "name": self.name, "config": to_dict(self.config),
+                "open_clip": open_clip_meta, **(extra_config or {})}
+        return save_model_folder(directory, self.model, meta, {OPEN_CLIP_CONFIG_NAME: open_clip_meta})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> ClipTeacher:
