@@ -83,6 +83,16 @@ def test_time_draws_and_bad_kinds():
         sample_u(3, "cosine")
 
 
+def test_time_shift_moves_draws_towards_noise():
+    g = torch.Generator().manual_seed(0)
+    u = sample_u(5000, "uniform", generator=g)
+    shifted = sample_u(5000, "uniform", generator=torch.Generator().manual_seed(0), shift=3.0)
+    assert torch.allclose(shifted, 3 * u / (1 + 2 * u))  # SD3: s u / (1 + (s - 1) u)
+    assert float(shifted.median()) == pytest.approx(0.75, abs=0.02)  # the median 0.5 maps to 1.5 / 2
+    assert torch.equal(sample_u(7, generator=torch.Generator().manual_seed(1), shift=1.0),
+                       sample_u(7, generator=torch.Generator().manual_seed(1)))
+
+
 # -- sampling -----------------------------------------------------------------------------------------
 
 

@@ -52,6 +52,7 @@ class TokenizerObjectiveConfig:
     scheduler: str = "flow"  # "flow" (flow matching, velocity) or "ddpm" (epsilon; sampled with DDIM)
     num_train_timesteps: int = 1000  # length of the diffusers training chain
     time_sampling: str = "logit_normal"  # flow: sigma ~ sigmoid(N(0, 1)) or "uniform"; ddpm: timestep = floor(u T)
+    time_shift: float = 1.0  # s > 1 moves training times towards noise: u -> s u / (1 + (s - 1) u) (SD3)
     semantic_weight: float = 1.0  # lambda of 1 - cos(f(x0_hat), f(x0)); 0 disables it (no --rida needed)
     nest_after: int = 50  # epochs trained with all R registers kept before nested dropout starts (paper: 50 of 250)
     sample_steps: int = 25  # sampling defaults stored with the export: scheduler steps
@@ -74,6 +75,7 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
         ("tokenizer.scheduler", cfg.scheduler in KINDS, f"must be one of {list(KINDS)}"),
         ("tokenizer.time_sampling", cfg.time_sampling in TIME_SAMPLING, f"must be one of {list(TIME_SAMPLING)}"),
         ("tokenizer.num_train_timesteps", cfg.num_train_timesteps >= 2, "must be >= 2"),
+        ("tokenizer.time_shift", cfg.time_shift > 0, "must be > 0"),
         ("tokenizer.semantic_weight", cfg.semantic_weight >= 0, "must be >= 0"),
         ("tokenizer.nest_after", cfg.nest_after >= 0, "must be >= 0 (epochs)"),
         ("tokenizer.sample_steps", cfg.sample_steps >= 1, "must be >= 1"),
@@ -211,7 +213,7 @@ class TokenizerTask(nn.Module):
         tokens = tok.encode(x0)  # [B, R, T]
         keep = tok.sample_keep(B, nested=self.nested, device=device)  # [B]
         drop = tok.sample_drop(B, device=device)  # [B] bool: CFG null condition
-        u = sample_u(B, cfg.time_sampling, device=device)
+        u = sample_u(B, cfg.time_sampling, device=device, shift=cfg.time_shift)
         x_t, t, target = noised(cfg.scheduler, x0, torch.randn_like(x0), u, cfg.num_train_timesteps)
         pred = tok.decoder_forward(x_t, t, tokens, keep, drop)  # [B, C, H, W]
         denoise = F.mse_loss(pred.float(), target.float())
