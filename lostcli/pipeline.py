@@ -43,6 +43,8 @@ BUNDLE_FORMAT = 1
 REQUIRED = ("vae", "tokenizer")  # components every bundle has; gpt / text_encoder are optional
 SAMPLING_DEFAULTS = {"steps": 25, "guidance": 3.0, "scheduler": "flow"}  # when the tokenizer export names none
 TOKENS_FORMAT = "lost-tokens/1"
+# generation settings when bundle.json has no "gpt" entry (lost gpt export writes one)
+GENERATION_DEFAULTS = {"guidance": 3.0, "temperature": 1.0, "guidance_schedule": "constant"}
 DEFAULT_POINTS = 2048  # surface points fed to the VAE when its run config does not say
 
 
@@ -282,13 +284,30 @@ def to_source_frame(mesh: trimesh.Trimesh, normalization: dict | None) -> trimes
     return out
 
 
+@dataclass
+class GenerationResult:
+    """What `LostPipeline.generate` made: B = len(prompts) * n samples, prompt-major (sample p * n + j)."""
+
+    tokens: torch.Tensor  # [B, k, token_dim] float32, CPU: the generated (or kept + generated) tokens
+    meshes: list[trimesh.Trimesh | None]  # B unit-frame meshes; None: the decoded latent holds no surface
+    latents: torch.Tensor  # [B, C, H, W] raw VAE latents the meshes were extracted from, CPU
+    prompts: list[str]  # [B] the prompt of each sample
+    settings: dict[str, Any]  # seed, guidance, temperature, k, keep, steps, ... as used
+
+    def sample_tokens(self, i: int, model_id: str) -> Tokens:
+        """Sample i as a `Tokens` record (unit frame), e.g. to `save_tokens` and continue it with --prefix."""
+        return Tokens(tokens=self.tokens[i].clone(), k=int(self.tokens.shape[1]), normalization=None,
+                      source=f"generated: {self.prompts[i]}", model_id=model_id)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pipeline
 # ----------------------------------------------------------------------------------------------------
 
 
 class LostPipeline:
-    """Shape VAE + LoST tokenizer of one bundle: `tokenize` meshes, `decode` token prefixes to meshes.
+    """Shape VAE + LoST tokenizer of one bundle: `tokenize` meshes, `decode` token prefixes to meshes, and
+    `generate` shapes from text (the bundle's gpt/ and text_encoder/, loaded on first use).
 
     Everything works in the unit frame ([-1, 1]^3, PROTOCOLS normalisation); `Tokens.normalization` maps back.
     """
@@ -302,6 +321,12 @@ class LostPipeline:
         self.tokenizer = tokenizer.eval()
         self.model_id = model_id
         self.sampling = {**SAMPLING_DEFAULTS, **(sampling or {})}  # steps, guidance, scheduler
+        # generation parts: loaded lazily from the bundle folder (or attached with `set_generator`)
+        self.directory: Path | None = None  # the bundle folder, when loaded from one
+        self.components: dict[str, str] = {}  # bundle.json "components"
+        self.generation: dict[str, Any] = dict(GENERATION_DEFAULTS)  # bundle.json "gpt" sampling defaults
+        self._gpt = None
+        self._text_encoder = None
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str | None = None) -> LostPipeline:
@@ -313,7 +338,12 @@ class LostPipeline:
         vae = load_vae(directory / comp["vae"], device=device)
         tokenizer = LoSTTokenizer.from_pretrained(directory / comp["tokenizer"], device=device)
         sampling = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else None
-        return cls(vae, tokenizer, meta["model_id"], sampling)
+        pipe = cls(vae, tokenizer, meta["model_id"], sampling)
+        pipe.directory = directory
+        pipe.components = {k: v for k, v in comp.items() if isinstance(v, str)}
+        if isinstance(meta.get("gpt"), dict):
+            pipe.generation.update(meta["gpt"])
+        return pipe
 
     @property
     def device(self) -> torch.device:
@@ -439,3 +469,169 @@ class LostPipeline:
             raise ConfigError(f"resolution: must be >= 1, got {resolution}")
         z = self.decode_latents(tokens, k=k, steps=steps, guidance=guidance, seed=seed)
         return [self.vae.to_mesh(zi, resolution=resolution) for zi in z]
+
+    # -- generate -----------------------------------------------------------------------------------
+
+    def set_generator(self, gpt, text_encoder) -> None:
+        """Attach a LoST-GPT and its text encoder in memory (instead of the bundle's gpt/ and text_encoder/)."""
+        self._check_gpt(gpt, "gpt")
+        self._gpt, self._text_encoder = gpt.eval(), text_encoder
+
+    def _component(self, name: str) -> Path:
+        """The folder of an optional bundle component; CheckpointError naming the bundle when it is absent."""
+        where = self.directory if self.directory is not None else "pipeline"
+        sub = self.components.get(name)
+        if self.directory is None or sub is None or not (self.directory / sub / "config.json").is_file():
+            raise CheckpointError(f"{where}: component '{name}' is missing (run lost gpt export RUN --into "
+                                  f"{self.directory if self.directory is not None else 'BUNDLE'})")
+        return self.directory / sub
+
+    def _check_gpt(self, gpt, where: str) -> None:
+        cfg = gpt.config
+        if cfg.token_dim != self.token_dim or cfg.num_tokens > self.num_tokens:
+            raise CheckpointError(f"{where}: the GPT makes {cfg.num_tokens} tokens of dimension {cfg.token_dim}; "
+                                  f"this tokenizer reads up to {self.num_tokens} of dimension {self.token_dim}")
+        made_for = self.generation.get("model_id")
+        if isinstance(made_for, str) and made_for and made_for != self.model_id:
+            raise CheckpointError(f"{where}: the GPT was trained on tokens of model {made_for[:12]}, this bundle's "
+                                  f"tokenizer is {self.model_id[:12]}; re-export it (lost gpt export)")
+
+    @property
+    def gpt(self):
+        """The bundle's LoST-GPT (`models.gpt.LoSTGPT`), loaded on first use."""
+        if self._gpt is None:
+            from .models.gpt import LoSTGPT
+
+            folder = self._component("gpt")
+            gpt = LoSTGPT.from_pretrained(folder, device=self.device)
+            self._check_gpt(gpt, str(folder))
+            self._gpt = gpt.eval()
+        return self._gpt
+
+    @property
+    def text_encoder(self):
+        """The bundle's text encoder (`models.text.TextEncoder`), loaded on first use."""
+        if self._text_encoder is None:
+            from .models.text import TextEncoder
+
+            self._text_encoder = TextEncoder.from_folder(self._component("text_encoder"), device=self.device)
+        return self._text_encoder
+
+    @property
+    def gpt_length(self) -> int:
+        """L: the number of tokens the GPT was trained to generate."""
+        return int(self.gpt.config.num_tokens)
+
+    def _generation_args(self, prompts: list[str], n: int, guidance: float | None, temperature: float | None,
+                         guidance_schedule: str | None, num_tokens: int | None,
+                         prefix: Tokens | None, keep: int | None) -> dict[str, Any]:
+        """Checked settings of one `generate` call (ConfigError / DataError on a bad one)."""
+        from .models.gpt import GUIDANCE_SCHEDULES
+
+        if not prompts:
+            raise ConfigError("prompt: no prompt given")
+        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+        if empty:
+            raise ConfigError(f"prompt: prompt {empty[0] + 1} of {len(prompts)} is empty")
+        if n < 1:
+            raise ConfigError(f"n: must be >= 1, got {n}")
+        gen = self.generation
+        guidance = float(gen["guidance"] if guidance is None else guidance)
+        temperature = float(gen["temperature"] if temperature is None else temperature)
+        schedule = str(gen["guidance_schedule"] if guidance_schedule is None else guidance_schedule)
+        if schedule not in GUIDANCE_SCHEDULES:
+            raise ConfigError(f"guidance_schedule: {schedule!r} is not one of {list(GUIDANCE_SCHEDULES)}")
+        if not (np.isfinite(guidance) and guidance >= 0):
+            raise ConfigError(f"guidance: must be a finite number >= 0, got {guidance}")
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature: must be > 0, got {temperature}")
+        L = self.gpt_length
+        where = self.directory if self.directory is not None else "model"
+        k = L if num_tokens is None else int(num_tokens)
+        if not 1 <= k <= L:
+            raise ConfigError(f"{where}: --tokens {k} is outside 1..{L}, the GPT's length")
+        if prefix is None:
+            if keep is not None:
+                raise ConfigError("keep: needs a prefix (--prefix tokens.safetensors)")
+            kept = 0
+        else:
+            where = prefix.source or "prefix"
+            if prefix.model_id != self.model_id:
+                raise DataError(f"{where}: tokens of model {prefix.model_id[:12]}, not of this model "
+                                f"({self.model_id[:12]})")
+            if prefix.tokens.dim() != 2 or prefix.tokens.shape[1] != self.token_dim:
+                raise DataError(f"{where}: prefix tokens {list(prefix.tokens.shape)}, expected [K, {self.token_dim}]")
+            kept = prefix.k if keep is None else int(keep)
+            if not 1 <= kept <= min(prefix.k, k):
+                raise ConfigError(f"keep: {kept} is outside 1..{min(prefix.k, k)} (the prefix holds {prefix.k} "
+                                  f"tokens, {k} are generated)")
+        return {"guidance": guidance, "temperature": temperature, "guidance_schedule": schedule, "k": k,
+                "keep": kept}
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        n: int = 4,
+        seed: int = 0,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        num_tokens: int | None = None,
+        prefix: Tokens | None = None,
+        keep: int | None = None,
+        guidance_schedule: str | None = None,
+        steps: int | None = None,
+        resolution: int = 128,
+        decode_steps: int | None = None,
+        decode_guidance: float | None = None,
+    ) -> GenerationResult:
+        """Text -> n shapes per prompt: LoST-GPT samples tokens, the tokenizer decodes them, marching cubes.
+
+        Args:
+            prompt: one prompt or a list; each gets n samples (result order: prompt-major).
+            seed: one generator seeded with this draws every token of the batch, and the decoder's noise is
+                seeded with it too: the same call gives identical tokens, latents and meshes.
+            guidance, temperature, guidance_schedule: the GPT head's CFG scale (1 = none), temperature and CFG
+                schedule ("constant" or "linear"); None: the bundle's "gpt" defaults (3.0, 1.0, "constant").
+            num_tokens: k tokens to generate (default and at most the GPT's length L); fewer is a coarse draft.
+            prefix, keep: continue the first `keep` tokens of `prefix` (default all it holds), e.g. shape
+                completion from a few tokens of a tokenized mesh; they are kept unchanged.
+            steps: diffusion-head sampling steps per token (None: the GPT's default).
+            resolution: marching-cubes grid.
+            decode_steps, decode_guidance: the tokenizer decoder's sampler (None: the bundle's defaults).
+
+        Raises:
+            CheckpointError: the bundle has no gpt/ or text_encoder/ (one line naming the bundle).
+            ConfigError / DataError: an empty prompt, k outside 1..L, a prefix of another model, a bad keep.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if resolution < 1:
+            raise ConfigError(f"resolution: must be >= 1, got {resolution}")
+        args = self._generation_args(prompts, n, guidance, temperature, guidance_schedule, num_tokens, prefix, keep)
+        text = self.text_encoder  # both parts load before any work: a missing one fails first
+        gpt = self.gpt
+        dev = self.device
+        cond = text.encode(prompts).to(dev, torch.float32)  # [P, cond_dim]
+        if cond.shape != (len(prompts), gpt.config.cond_dim):
+            raise CheckpointError(f"{self.directory or 'text_encoder'}: the text encoder gives {list(cond.shape)} "
+                                  f"embeddings, the GPT reads [P, {gpt.config.cond_dim}]")
+        cond = cond.repeat_interleave(n, dim=0)  # [B, cond_dim], B = P * n
+        B, k, kept = cond.shape[0], args["k"], args["keep"]
+        first = (prefix.tokens[:kept].to(dev, torch.float32)[None].expand(B, -1, -1).contiguous()
+                 if kept else None)  # [B, keep, D]
+        generator = torch.Generator(device=dev).manual_seed(int(seed))
+        if kept == k:
+            tokens = first  # nothing left to generate: decode the kept prefix
+        else:
+            tokens = gpt.generate(cond, num_tokens=k, guidance=args["guidance"],
+                                  guidance_schedule=args["guidance_schedule"], temperature=args["temperature"],
+                                  prefix=first, generator=generator, sample_steps=steps)
+        tokens = tokens.float()
+        z = self.decode_latents(tokens, k=k, steps=decode_steps, guidance=decode_guidance, seed=seed)
+        meshes = [self.vae.to_mesh(zi, resolution=resolution) for zi in z]
+        settings = {**args, "n": n, "seed": int(seed), "steps": steps, "resolution": resolution,
+                    "decode_steps": decode_steps if decode_steps is not None else self.sampling["steps"],
+                    "decode_guidance": decode_guidance if decode_guidance is not None else self.sampling["guidance"],
+                    "gpt_length": self.gpt_length, "model_id": self.model_id}
+        return GenerationResult(tokens=tokens.cpu(), meshes=meshes, latents=z.cpu(),
+                                prompts=[p for p in prompts for _ in range(n)], settings=settings)

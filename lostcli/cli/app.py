@@ -45,7 +45,7 @@ app.command("info", help="Versions, device, threads and the pretrained weights t
 
 def _register() -> None:
     """Attach command groups; each lives in its own module (heavy imports happen inside the commands)."""
-    from . import dataset, dataset_models, eval as eval_cmd, rida, teacher, tokenizer, tokens, vae
+    from . import dataset, dataset_models, eval as eval_cmd, gpt, rida, teacher, tokenizer, tokens, vae
 
     dataset.app.command("latents")(dataset_models.latents)
     dataset.app.command("features")(teacher.features)
@@ -56,10 +56,13 @@ def _register() -> None:
     app.add_typer(teacher.app, name="teacher", help="Semantic teachers: train the built-in one, evaluate retrieval.")
     app.add_typer(rida.app, name="rida", help="RIDA: align the 3D latent space with the teacher; retrieval table.")
     app.add_typer(tokenizer.app, name="tokenizer", help="The LoST tokenizer: train, export a model bundle.")
+    app.add_typer(gpt.app, name="gpt", help="LoST-GPT: train text -> tokens, export into a model bundle.")
     app.add_typer(eval_cmd.app, name="eval", help="Evaluation: render classifier, reconstruction table.")
     app.command("train-tokenizer", help="Alias of `lost tokenizer train`.")(tokenizer.train)
     app.command("tokenize", help="Mesh -> ordered LoST tokens (safetensors with metadata).")(tokens.tokenize)
     app.command("decode", help="Tokens (any prefix) -> mesh and preview; --progressive for several prefixes.")(tokens.decode)
+    from .generate import generate as generate_cmd
+    app.command("generate", help="Text -> shapes with LoST-GPT: a mesh + preview per sample, and a grid.")(generate_cmd)
 
 
 _register()

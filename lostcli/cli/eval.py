@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DataOpt, OutOpt, RecipeOpt, ResumeOpt, SeedOpt, SetOpt, console, require_dir, resolve_config
+from .common import DataOpt, OutOpt, RecipeOpt, ResumeOpt, SeedOpt, SetOpt, console, err_console, require_dir, resolve_config
 
 app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -99,3 +99,51 @@ def row_line(row: dict) -> str:
     """One printed line per table row (CD x 10^-2 as the paper prints it)."""
     return (f"k={row['k']:>5}: CD x1e-2 {_fmt(row['chamfer'], 100)}  F@0.01 {_fmt(row['fscore_0.01'])}  "
             f"class acc {_fmt(row['class_acc'])}  failures {row['failures']}/{row['n']}")
+
+
+@app.command("gen")
+def gen(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle with gpt/ and text_encoder/ (lost gpt export).")],
+    data: DataOpt,
+    out: OutOpt,
+    split: Annotated[str, typer.Option("--split", help="Split whose categories are prompted and whose renders are the FD reference.")] = "test",
+    cfg: Annotated[str, typer.Option("--cfg", help="Guidance scales, comma-separated: one row each.")] = "1,3",
+    classifier_dir: Annotated[Optional[Path], typer.Option("--classifier", help="Render classifier run or export (lost eval classifier) for class accuracy.")] = None,
+    prompts: Annotated[int, typer.Option("--prompts-per-category", help="Prompts per category.")] = 5,
+    seeds: Annotated[int, typer.Option("--seeds", help="Samples (seeded draws) per prompt.")] = 4,
+    fd_network: Annotated[str, typer.Option("--fd-network", help="FD features: auto, inception, classifier or a teacher spec.")] = "auto",
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (default: the bundle's).")] = None,
+    tokens: Annotated[Optional[int], typer.Option("--tokens", help="Tokens generated and decoded (default: the GPT's length).")] = None,
+    resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together (x seeds samples).")] = 8,
+    seed: SeedOpt = 0,
+) -> None:
+    """Text-to-shape table: per guidance scale, class accuracy of the generated shapes and FD/KID of their renders.
+
+    Prompts: PER_CATEGORY for each category of the split (built-in captions' phrasing), SEEDS draws each,
+    the same prompts and seeds in every row. Writes OUT/gen.json, OUT/gen.md and OUT/gen_grid.png.
+    Example: lost eval gen --model bundle --data prepared --split test --cfg 1,3 --classifier runs/cls --out reports/gen
+    """
+    from ..eval.classifier import load_classifier
+    from ..eval.gen import GenEvalConfig, evaluate_gen, parse_cfgs
+    from ..pipeline import LostPipeline
+    from .dataset import _progress
+
+    settings = GenEvalConfig(split=split, cfgs=parse_cfgs(cfg), prompts_per_category=prompts, seeds=seeds,
+                             temperature=temperature, num_tokens=tokens, resolution=resolution,
+                             batch_size=batch_size, seed=seed, fd_network=fd_network)
+    require_dir(data, "dataset")
+    require_dir(model, "model bundle")
+    pipe = LostPipeline.from_pretrained(model)
+    cls = load_classifier(classifier_dir) if classifier_dir is not None else None
+    with _progress("gen", None) as tick:
+        result = evaluate_gen(pipe, data, settings, classifier=cls, out_dir=out,
+                              command=" ".join(["lost", *sys.argv[1:]]), progress=tick)
+    rep = result.report
+    for row in result.rows:
+        console.print(f"cfg {row['cfg']:g}: class acc {_fmt(row['class_acc'])}  {rep['fd_metric']} {_fmt(row['fd'])}  "
+                      f"KID {_fmt(row['kid'])}  failures {row['failures']}/{row['n']}")
+    if rep["fd_warning"]:
+        err_console.print(f"warning: {rep['fd_warning']}", highlight=False)
+    console.print(f"class accuracy: chance {_fmt(rep['chance'])}, the classifier's own test accuracy on real renders "
+                  f"{_fmt(rep['classifier_test_acc'])} ({result.seconds:.0f} s) -> {out / 'gen.md'}, {out / 'gen.json'}")

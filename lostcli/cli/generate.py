@@ -1,0 +1,112 @@
+"""`lost generate`: text -> shapes with the bundle's LoST-GPT (a thin wrapper over `LostPipeline.generate`).
+
+Writes into OUT, for sample i (prompt-major: sample p * n + j is seed draw j of prompt p):
+sample_{i}.{glb,obj,ply} (unit frame), sample_{i}.png (the four PROTOCOLS views side by side),
+sample_{i}.safetensors (its tokens: `lost decode` them again or continue them with --prefix),
+grid.png (one row per prompt, each sample as a 2 x 2 tile of its views) and generate.json (the record).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from ..errors import ConfigError, DataError
+from .common import console, err_console
+
+FORMATS = ("glb", "obj", "ply")
+
+
+def read_prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[str]:
+    """The prompt argument, or the lines of --prompts FILE (blank lines and '#' comments skipped)."""
+    if (prompt is None) == (prompts_file is None):
+        raise ConfigError("give a PROMPT or --prompts FILE (exactly one of them)")
+    if prompts_file is None:
+        if not prompt.strip():
+            raise ConfigError("prompt: empty; describe the shape, e.g. \"a round table with a single pedestal leg\"")
+        return [prompt.strip()]
+    try:
+        lines = prompts_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{prompts_file}: cannot read prompts ({type(e).__name__})") from None
+    out = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not out:
+        raise DataError(f"{prompts_file}: no prompts (one per line)")
+    return out
+
+
+def write_samples(result, out: Path, fmt: str, model_id: str, n: int, record: dict) -> list[dict]:
+    """Write each sample's mesh, preview and tokens, then grid.png and generate.json; one record per sample."""
+    from ..data.mesh import export_mesh
+    from ..data.render import render_views, save_grid
+    from ..data.store import atomic_write_json
+    from ..eval.gen import views_tile
+    from ..pipeline import save_tokens
+
+    samples, tiles, labels = [], [], []
+    for i, (mesh, prompt) in enumerate(zip(result.meshes, result.prompts)):
+        # an empty decode is shown as white views, labelled
+        views = render_views(mesh).images if mesh is not None else np.full((4, 224, 224, 3), 255, np.uint8)
+        label = f"{i}: {prompt[:32]}" + (" (no surface)" if mesh is None else "")
+        rec = {"index": i, "prompt": prompt, "draw": i % n, "mesh": None, "empty": mesh is None,
+               "preview": str(save_grid([np.concatenate(list(views), axis=1)], out / f"sample_{i}.png",
+                                        labels=[label])),
+               "tokens": str(save_tokens(out / f"sample_{i}.safetensors", result.sample_tokens(i, model_id)))}
+        if mesh is not None:
+            rec.update(mesh=str(export_mesh(mesh, out / f"sample_{i}.{fmt}")), vertices=int(len(mesh.vertices)),
+                       faces=int(len(mesh.faces)))
+        samples.append(rec)
+        tiles.append(views_tile(views))
+        labels.append(label)
+    save_grid(tiles, out / "grid.png", labels=labels, ncols=n)
+    atomic_write_json(out / "generate.json", {**record, "settings": result.settings, "samples": samples,
+                                              "grid": str(out / "grid.png")})
+    return samples
+
+
+def generate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle with gpt/ and text_encoder/ (lost gpt export).")],
+    prompt: Annotated[Optional[str], typer.Argument(help="Text prompt (or --prompts FILE).")] = None,
+    n: Annotated[int, typer.Option("-n", "--num-samples", help="Samples per prompt.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every draw: the same seed gives the same meshes.")] = 0,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance on the GPT head (1 = none; default: the bundle's, 3.0).")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (default: the bundle's, 1.0).")] = None,
+    tokens: Annotated[Optional[int], typer.Option("--tokens", "-k", help="Tokens to generate and decode (default: the GPT's length; fewer = coarse draft).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("generated"),
+    fmt: Annotated[str, typer.Option("--format", help="Mesh format: glb, obj or ply.")] = "glb",
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="Text file, one prompt per line.")] = None,
+    prefix: Annotated[Optional[Path], typer.Option("--prefix", help="Tokens file (lost tokenize) whose first tokens are kept.")] = None,
+    keep: Annotated[Optional[int], typer.Option("--keep", help="Tokens of --prefix to keep (default: all it holds).")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--cfg-schedule", help="Guidance schedule over tokens: constant or linear.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Diffusion-head steps per token (default: the GPT's).")] = None,
+    resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid resolution.")] = 128,
+) -> None:
+    """Generate shapes from text: one mesh, preview and tokens file per sample, plus grid.png.
+
+    Example: lost generate "a round table with a single pedestal leg" --model models/lost-tiny -n 4 --seed 0 --out gen
+    """
+    from ..pipeline import LostPipeline, load_tokens
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    texts = read_prompts(prompt, prompts_file)
+    if keep is not None and prefix is None:
+        raise ConfigError("--keep: needs --prefix tokens.safetensors")
+    t0 = time.time()
+    pipe = LostPipeline.from_pretrained(model)
+    first = load_tokens(prefix, pipeline=pipe) if prefix is not None else None
+    result = pipe.generate(texts, n=n, seed=seed, guidance=cfg, temperature=temperature, num_tokens=tokens,
+                           prefix=first, keep=keep, guidance_schedule=schedule, steps=steps, resolution=resolution)
+    samples = write_samples(result, out, fmt, pipe.model_id, n,
+                            {"model": str(model), "prompts": texts, "prefix": str(prefix) if prefix else None})
+    empty = [str(r["index"]) for r in samples if r["empty"]]
+    if empty:
+        err_console.print(f"warning: samples {', '.join(empty)}: no surface decoded, no mesh written", highlight=False)
+    s = result.settings
+    console.print(f"{len(samples)} samples ({len(texts)} prompt(s) x {n}), {s['k']} tokens (kept {s['keep']}), "
+                  f"cfg {s['guidance']} {s['guidance_schedule']}, temperature {s['temperature']}, seed {seed} -> "
+                  f"{out}/sample_*.{fmt}, {out / 'grid.png'} ({time.time() - t0:.1f} s)")

@@ -1,0 +1,292 @@
+"""Text-to-shape evaluation (PROTOCOLS "Generation"): does LoST-GPT make shapes of the prompted category,
+and how far is the generated set from the real one?
+
+For a fixed list of prompts (default 5 per category of the evaluated split, phrased as the built-in
+dataset's captions by `data.prompts.synth_prompt_items`; a category the built-in generator does not know
+is prompted with its shapes' own captions) and seeds (default 4 draws per prompt), one row per guidance
+scale: generate, decode, extract the mesh, render the 4 PROTOCOLS views and
+
+- class accuracy: the render classifier (`eval/classifier.py`, trained on the TRAIN split's renders) names
+  the prompt's category from the view-averaged logits; a sample with no surface counts as wrong. Reported
+  beside the classifier's own test accuracy on real renders and chance;
+- FD / KID (`eval/fd.py`) of the generated renders against the split's real renders (4 views per shape),
+  with the feature network named ("FD-<network>"; FID only with local Inception weights).
+
+Every row uses the same prompts and the same seeds (prompt chunk c draws with seed + c), so rows differ
+only by the guidance scale.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.render import save_grid
+from ..data.store import DatasetStore, atomic_write_json
+from ..errors import ConfigError, DataError
+from .classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
+from .fd import RenderDistance, feature_network
+from .recon import _num, _render
+
+
+@dataclass
+class GenEvalConfig:
+    split: str = "test"  # reference split: its categories are prompted, its renders are the FD reference
+    cfgs: list[float] = field(default_factory=lambda: [1.0, 3.0])  # guidance scales, one row each
+    prompts_per_category: int = 5  # prompts per category
+    seeds: int = 4  # samples (seeded draws) per prompt
+    temperature: float | None = None  # None: the bundle's default
+    guidance_schedule: str | None = None  # "constant" / "linear"; None: the bundle's default
+    num_tokens: int | None = None  # tokens generated and decoded; None: the GPT's length
+    steps: int | None = None  # diffusion-head steps per token; None: the GPT's default
+    decode_steps: int | None = None  # tokenizer decoder steps; None: the bundle's default
+    resolution: int = 64  # marching-cubes grid
+    batch_size: int = 8  # prompts generated together (x seeds samples)
+    seed: int = 0  # prompt chunk starting at prompt c draws with seed + c
+    prompt_seed: int = 0  # which prompts `synth_prompt_items` phrases
+    render_size: int | None = None  # generated renders; None: the size of the stored (real) renders
+    fd_network: str = "auto"  # "auto", "inception", "classifier" or a teacher spec
+    kid_subsets: int = 100  # KID: random subsets (torchmetrics default)
+
+    def __post_init__(self) -> None:
+        checks = [("cfgs", len(self.cfgs) >= 1 and all(math.isfinite(g) and g >= 0 for g in self.cfgs),
+                   "give at least one finite guidance scale >= 0"),
+                  ("prompts_per_category", self.prompts_per_category >= 1, "must be >= 1"),
+                  ("seeds", self.seeds >= 1, "must be >= 1"), ("batch_size", self.batch_size >= 1, "must be >= 1"),
+                  ("resolution", self.resolution >= 2, "must be >= 2")]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why}")
+
+
+@dataclass
+class GenEvalResult:
+    rows: list[dict]  # one per guidance scale: cfg, class_acc, fd, kid, n, ...
+    report: dict  # what gen.json holds
+    files: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def parse_cfgs(text: str) -> list[float]:
+    """"1,3" -> [1.0, 3.0] (ConfigError on anything else)."""
+    try:
+        out = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"--cfg {text}: expected comma-separated guidance scales, e.g. 1,3") from None
+    if not out or not all(math.isfinite(g) and g >= 0 for g in out):
+        raise ConfigError(f"--cfg {text}: expected comma-separated guidance scales >= 0, e.g. 1,3")
+    return out
+
+
+def category_prompts(records: list[dict], per_category: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(category, prompt) pairs: `per_category` for every category of `records`, categories sorted.
+
+    Built-in categories get fresh captions from the built-in generator (`synth_prompt_items`, seeded);
+    others the distinct captions of their own shapes (first by id), or "a 3D model of a CATEGORY".
+
+    Raises:
+        DataError: no record has a category.
+    """
+    from ..data.prompts import synth_prompt_items
+    from ..data.synth import CATEGORIES
+
+    cats = sorted({r["category"] for r in records if isinstance(r.get("category"), str) and r["category"]})
+    if not cats:
+        raise DataError("no shape of the split has a category: nothing to prompt")
+    builtin = [c for c in cats if c in CATEGORIES]
+    made: dict[str, list[str]] = {c: [] for c in cats}
+    if builtin:  # round-robin over all built-in categories: each gets exactly per_category
+        for cat, prompt in synth_prompt_items(per_category * len(CATEGORIES), seed):
+            if cat in made:
+                made[cat].append(prompt)
+    for cat in cats:
+        if cat in CATEGORIES:
+            continue
+        caps = sorted({r["caption"] for r in records if r.get("category") == cat and isinstance(r.get("caption"), str)
+                       and r["caption"].strip()})
+        caps = caps or [f"a 3D model of a {cat}"]
+        made[cat] = [caps[i % len(caps)] for i in range(per_category)]
+    return [(cat, p) for cat in cats for p in made[cat][:per_category]]
+
+
+def views_tile(views: np.ndarray, size: int = 112) -> np.ndarray:
+    """uint8 views [4, S, S, 3] -> one [2 * size, 2 * size, 3] tile: front, right / back, left."""
+    from PIL import Image
+
+    small = [np.asarray(Image.fromarray(v).resize((size, size), Image.BILINEAR)) for v in views]
+    return np.concatenate([np.concatenate(small[:2], axis=1), np.concatenate(small[2:4], axis=1)], axis=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The evaluation
+# ----------------------------------------------------------------------------------------------------
+
+
+def _reference(store: DatasetStore, records: list[dict], dist: RenderDistance, batch: int = 32) -> int:
+    """Feed the split's real renders to `dist` as the reference set; returns their size S."""
+    size = 0
+    for start in range(0, len(records), batch):
+        renders = np.stack([store.load(r["id"], keys=["renders"])["renders"] for r in records[start:start + batch]])
+        dist.update(renders, real=True)  # [B, 4, S, S, 3]
+        size = int(renders.shape[2])
+    return size
+
+
+def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedClassifier | None = None,
+                 out_dir: str | Path | None = None, command: str = "",
+                 progress: Callable | None = None) -> GenEvalResult:
+    """Generate for fixed prompts and seeds at each guidance scale; class accuracy, FD and KID per scale.
+
+    Args:
+        pipe: a `LostPipeline` whose bundle has gpt/ and text_encoder/.
+        root: prepared dataset (the split's renders and categories).
+        cfg: what to evaluate and how.
+        classifier: the render classifier (class accuracy, and the "auto" FD network without Inception).
+        out_dir: where gen.json, gen.md and gen_grid.png go (None: nothing written).
+        command: the command line, stored in the report.
+        progress: `progress(done, total, label)` per generated chunk.
+
+    Raises:
+        DataError: an empty split or one without categories. CheckpointError: no GPT / text encoder in the bundle.
+    """
+    t0 = time.time()
+    store = DatasetStore(Path(root))
+    records = store.records(split=cfg.split)
+    if not records:
+        raise DataError(f"{root}: no items in split {cfg.split!r}")
+    _ = (pipe.gpt, pipe.text_encoder)  # a bundle without them fails before any work
+    items = category_prompts(records, cfg.prompts_per_category, cfg.prompt_seed)
+    classes = classifier.model.categories if classifier is not None else []
+    labels = label_indices([c for c, _ in items], classes) if classifier is not None else None
+    features = feature_network(cfg.fd_network, classifier.model if classifier is not None else None,
+                               device=pipe.device)
+    dist = RenderDistance(features, kid_subsets=cfg.kid_subsets, seed=cfg.seed)
+    real_size = _reference(store, records, dist)
+    size = cfg.render_size or real_size
+    grid_cats = list(dict.fromkeys(c for c, _ in items))  # one tile per category and row: draw 0 of its first prompt
+    first_prompt = {c: i for i, (c, _) in reversed(list(enumerate(items)))}
+
+    rows, samples, tiles, tile_labels = [], [], [], []
+    chunks = list(range(0, len(items), cfg.batch_size))
+    total = len(chunks) * len(cfg.cfgs)
+    for gi, g in enumerate(cfg.cfgs):
+        dist.reset_fake()
+        hits, failures, n = [], 0, 0
+        row_tiles: dict[str, tuple[np.ndarray, str]] = {}
+        for ci, start in enumerate(chunks):
+            chunk = items[start:start + cfg.batch_size]
+            res = pipe.generate([p for _, p in chunk], n=cfg.seeds, seed=cfg.seed + start, guidance=g,
+                                temperature=cfg.temperature, num_tokens=cfg.num_tokens,
+                                guidance_schedule=cfg.guidance_schedule, steps=cfg.steps,
+                                resolution=cfg.resolution, decode_steps=cfg.decode_steps)
+            views = np.stack([_render(m, size) for m in res.meshes])  # [B, 4, S, S, 3], B = len(chunk) * seeds
+            dist.update(views, real=False)
+            pred = (shape_probabilities(classify_views(classifier.model, views)).argmax(dim=-1).numpy()
+                    if classifier is not None else None)
+            for b, mesh in enumerate(res.meshes):
+                p = start + b // cfg.seeds  # prompt index
+                cat, failed = items[p][0], mesh is None
+                guess = classes[pred[b]] if pred is not None and not failed else None
+                if labels is not None and labels[p] >= 0:
+                    hits.append(bool(not failed and pred[b] == labels[p]))
+                samples.append({"cfg": g, "prompt": items[p][1], "category": cat, "draw": b % cfg.seeds,
+                                "seed": cfg.seed + start, "failed": failed, "predicted": guess})
+                failures += failed
+                n += 1
+                if p == first_prompt[cat] and b % cfg.seeds == 0:
+                    verdict = "no surface" if failed else (f"-> {guess}" if guess is not None else "")
+                    row_tiles[cat] = (views_tile(views[b], 64), f"{cat} {verdict}")
+            if progress:
+                progress(gi * len(chunks) + ci + 1, total, f"cfg {g}")
+        d = dist.compute()
+        rows.append({"cfg": g, "class_acc": _num(np.mean(hits)) if hits else None, "fd": _num(d.fd),
+                     "kid": _num(d.kid) if d.kid is not None else None, "n": n,
+                     "kid_std": _num(d.kid_std) if d.kid_std is not None else None, "class_n": len(hits),
+                     "failures": failures})
+        for cat in grid_cats:
+            tile, label = row_tiles[cat]
+            tiles.append(tile)
+            tile_labels.append(f"cfg {g:g}: {label}")
+
+    test_eval = classifier.test_eval if classifier is not None else None
+    report = {
+        "rows": rows,
+        "chance": 1.0 / len(classes) if classes else None,
+        "classifier_test_acc": classifier.test_accuracy if classifier is not None else None,
+        "classifier_test_acc_per_view": float(test_eval["per_view_acc"]) if test_eval else None,
+        "classifier": str(classifier.path) if classifier is not None else None,
+        "fd_network": features.name,
+        "fd_metric": features.metric_name,
+        "fd_warning": d.warning,
+        "reference": {"split": cfg.split, "shapes": d.shapes_real, "images": d.images_real,
+                      "render_size": real_size},
+        "kid_subset_size": d.kid_subset_size,
+        "command": command,
+        "protocol": "PROTOCOLS.md Generation: class accuracy of the 4-view render classifier (a sample with no "
+                    "surface counts as wrong); FD/KID of generated vs real renders, 4 views per shape",
+        "model_id": pipe.model_id,
+        "settings": {"prompts_per_category": cfg.prompts_per_category, "seeds": cfg.seeds, "seed": cfg.seed,
+                     "prompt_seed": cfg.prompt_seed, "num_tokens": cfg.num_tokens or pipe.gpt_length,
+                     "temperature": cfg.temperature if cfg.temperature is not None else pipe.generation["temperature"],
+                     "guidance_schedule": cfg.guidance_schedule or pipe.generation["guidance_schedule"],
+                     "steps": cfg.steps, "decode_steps": cfg.decode_steps or pipe.sampling["steps"],
+                     "resolution": cfg.resolution, "render_size": size, "batch_size": cfg.batch_size},
+        "prompts": [{"category": c, "prompt": p} for c, p in items],
+        "samples": samples,
+        "seconds": round(time.time() - t0, 2),
+    }
+    result = GenEvalResult(rows, report, seconds=time.time() - t0)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "gen.json", report)
+        (out / "gen.md").write_text(render_markdown(report))
+        title = "one sample per category and guidance scale"
+        grid = save_grid(tiles, out / "gen_grid.png", labels=tile_labels, ncols=len(grid_cats), title=title)
+        result.files = [out / "gen.json", out / "gen.md", grid]
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cell(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "-" if v is None else f"{v * scale:.{digits}f}"
+
+
+def render_markdown(report: dict) -> str:
+    """gen.md: the table, then what produced it."""
+    s, ref, metric = report["settings"], report["reference"], report["fd_metric"]
+    cats = len({p["category"] for p in report["prompts"]})
+    lines = [
+        f"# Text-to-shape generation ({len(report['prompts'])} prompts x {s['seeds']} seeds, {cats} categories)",
+        "",
+        f"{s['num_tokens']} tokens, temperature {s['temperature']}, {s['guidance_schedule']} guidance schedule, "
+        f"decoder {s['decode_steps']} steps, marching cubes at {s['resolution']}^3, seeds from {s['seed']}; "
+        f"reference: {ref['shapes']} {ref['split']} shapes ({ref['images']} renders).",
+        "",
+        f"| cfg | class acc | {metric} | KID (x10^3) | failures | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        kid = "-" if r["kid"] is None else f"{r['kid'] * 1e3:.2f} +- {(r['kid_std'] or 0) * 1e3:.2f}"
+        lines.append(f"| {r['cfg']:g} | {_cell(r['class_acc'])} | {_cell(r['fd'])} | {kid} | "
+                     f"{r['failures']}/{r['n']} | {r['n']} |")
+    lines += ["", f"- Class accuracy: render classifier `{report['classifier']}` on the 4 views of each sample "
+              f"(view-averaged logits) against the prompt's category; its own test accuracy on real renders "
+              f"{_cell(report['classifier_test_acc'])} per shape; chance {_cell(report['chance'])}. "
+              "A sample with no surface counts as wrong.",
+              f"- {metric}: Frechet distance between Gaussian fits of {report['fd_network']} features of all "
+              f"generated renders vs the {ref['split']} split's real renders (torchmetrics); KID over "
+              f"{report['kid_subset_size']}-image subsets."]
+    if report.get("fd_warning"):
+        lines.append(f"- Warning: {report['fd_warning']}.")
+    lines += [f"- Model {report['model_id'][:12]}. Command: `{report['command']}`", ""]
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""`lost eval gen` (eval/gen.py): prompts per category, class accuracy, FD/KID rows per guidance scale, the report
+files, on the tiny generation bundle of test_generate and a tiny render classifier (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lostcli.data.render import LABEL_HEIGHT, TITLE_HEIGHT
+from lostcli.data.store import ShardWriter
+from lostcli.data.synth import CATEGORIES
+from lostcli.errors import CheckpointError, ConfigError, DataError
+from lostcli.eval.classifier import RenderClassifier, RenderClassifierConfig, load_classifier
+from lostcli.eval.gen import GenEvalConfig, category_prompts, evaluate_gen, parse_cfgs, render_markdown
+from lostcli.pipeline import LostPipeline
+
+from test_generate import add_generator, cli, one_error
+from test_pipeline import make_bundle
+
+CATS = ["chair", "lamp", "widget"]  # two built-in categories and one the built-in generator does not know
+FAST = dict(prompts_per_category=2, seeds=2, resolution=16, batch_size=4, kid_subsets=5, fd_network="classifier")
+
+
+def make_store(root: Path) -> Path:
+    """3 categories x 3 shapes (2 test, 1 train), 32 px grey-on-white renders of different sizes."""
+    with ShardWriter(root, "items", shard_size=4) as w:
+        for k, cat in enumerate(CATS):
+            for n in range(3):
+                img = np.full((4, 32, 32, 3), 255, np.uint8)
+                img[:, 8 + k:24 - n, 10:22 + k] = 80 + 40 * n
+                w.add(f"{cat}-{n}", {"renders": img}, {"category": cat, "caption": f"a {cat} of kind {n}",
+                                                        "split": "train" if n == 0 else "test"})
+    return root
+
+
+def always(root: Path, category: str) -> Path:
+    """A classifier export that names `category` for every image (its head is a constant), with eval.json."""
+    torch.manual_seed(0)
+    model = RenderClassifier(RenderClassifierConfig(image_size=32, stem_width=8, widths=[16, 32], categories=CATS))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([10.0 if c == category else 0.0 for c in CATS]))
+    model.save_pretrained(root)
+    (root / "eval.json").write_text(json.dumps({"shape_acc": 0.5, "per_view_acc": 0.4}))
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("geneval")
+    bundle = add_generator(make_bundle(root), root)
+    return bundle, make_store(root / "data"), always(root / "cls", "chair")
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup, tmp_path_factory):
+    bundle, data, cls = setup
+    pipe = LostPipeline.from_pretrained(bundle, device="cpu")
+    out = tmp_path_factory.mktemp("report")
+    result = evaluate_gen(pipe, data, GenEvalConfig(cfgs=[1.0, 2.0], **FAST), classifier=load_classifier(cls),
+                          out_dir=out, command="lost eval gen (test)")
+    return pipe, result, out
+
+
+def test_prompts_per_category():
+    records = [{"category": c, "caption": f"a {c} of kind {n}"} for c in CATS for n in (2, 1)] + [{"caption": "x"}]
+    items = category_prompts(records, 3, seed=0)
+    assert [c for c, _ in items] == ["chair"] * 3 + ["lamp"] * 3 + ["widget"] * 3
+    chair = [p for c, p in items if c == "chair"]
+    assert len(set(chair)) == 3 and all("chair" in p or "seat" in p or "armchair" in p for p in chair), chair
+    assert [p for c, p in items if c == "widget"] == ["a widget of kind 1", "a widget of kind 2", "a widget of kind 1"]
+    assert items == category_prompts(records, 3, seed=0) and items != category_prompts(records, 3, seed=1)
+    assert "chair" in CATEGORIES and "widget" not in CATEGORIES
+    with pytest.raises(DataError, match="no shape of the split has a category"):
+        category_prompts([{"caption": "x"}], 3)
+
+
+def test_parse_cfgs_and_config_checks():
+    assert parse_cfgs("1,3") == [1.0, 3.0] and parse_cfgs("1.5") == [1.5]
+    for bad in ("", "a,b", "1,-2", "nan"):
+        with pytest.raises(ConfigError, match="--cfg"):
+            parse_cfgs(bad)
+    with pytest.raises(ConfigError, match="seeds"):
+        GenEvalConfig(seeds=0)
+
+
+def test_rows_class_accuracy_and_fd(evaluated):
+    pipe, result, _ = evaluated
+    rep = result.report
+    assert [r["cfg"] for r in result.rows] == [1.0, 2.0] and rep["rows"] == result.rows
+    n = len(CATS) * 2 * 2  # categories x prompts x seeds
+    for row in result.rows:
+        assert {"cfg", "class_acc", "fd", "kid", "n"} <= set(row) and row["n"] == n and row["class_n"] == n
+        samples = [s for s in rep["samples"] if s["cfg"] == row["cfg"]]
+        assert len(samples) == n and row["failures"] == sum(s["failed"] for s in samples)
+        # the classifier always says "chair": exactly the chair samples with a surface are right
+        right = sum(s["category"] == "chair" and not s["failed"] for s in samples)
+        assert row["class_acc"] == pytest.approx(right / n)
+        assert all(s["predicted"] == "chair" for s in samples if not s["failed"])
+        assert row["fd"] is not None and row["fd"] > 0 and row["kid"] is not None
+    assert result.rows[0]["failures"] < n  # the tiny bundle decodes surfaces
+    assert rep["chance"] == pytest.approx(1 / 3) and rep["classifier_test_acc"] == 0.5
+    assert rep["fd_network"] == "render-classifier" and rep["fd_metric"] == "FD-render-classifier"
+    assert rep["reference"] == {"split": "test", "shapes": 6, "images": 24, "render_size": 32}
+    assert "below 500 shapes" in rep["fd_warning"]
+    assert rep["settings"]["num_tokens"] == pipe.gpt_length and rep["settings"]["seeds"] == 2
+    assert [p["category"] for p in rep["prompts"]] == ["chair", "chair", "lamp", "lamp", "widget", "widget"]
+
+
+def test_rows_differ_only_by_guidance_and_are_reproducible(setup, evaluated):
+    bundle, data, cls = setup
+    pipe, result, _ = evaluated
+    again = evaluate_gen(pipe, data, GenEvalConfig(cfgs=[2.0], **FAST), classifier=load_classifier(cls))
+    assert again.rows[0] == result.rows[1]  # same prompts, seeds and scale: the same row
+    first = [s for s in result.report["samples"] if s["cfg"] == 1.0]
+    second = [s for s in result.report["samples"] if s["cfg"] == 2.0]
+    assert [(s["prompt"], s["seed"], s["draw"]) for s in first] == [(s["prompt"], s["seed"], s["draw"]) for s in second]
+    assert result.rows[0]["fd"] != result.rows[1]["fd"]  # guidance changes the shapes
+
+
+def test_report_files(evaluated):
+    _, result, out = evaluated
+    assert sorted(p.name for p in out.iterdir()) == ["gen.json", "gen.md", "gen_grid.png"]
+    data = json.loads((out / "gen.json").read_text())
+    assert data["rows"] == result.rows and data["command"] == "lost eval gen (test)"
+    md = (out / "gen.md").read_text()
+    assert "| cfg | class acc | FD-render-classifier | KID (x10^3) | failures | n |" in md
+    assert md == render_markdown(result.report) and "chance 0.333" in md and "Warning:" in md
+    assert f"| 1 | {result.rows[0]['class_acc']:.3f} |" in md
+    grid = Image.open(out / "gen_grid.png")
+    assert grid.size == (3 * 128, TITLE_HEIGHT + 2 * (128 + LABEL_HEIGHT))  # one row per cfg, one tile per category
+
+
+def test_cli_eval_gen_and_errors(setup, tmp_path, capsys):
+    bundle, data, cls = setup
+    code, out, err = cli(capsys, "eval", "gen", "--model", bundle, "--data", data, "--cfg", "1,2", "--classifier", cls,
+                         "--prompts-per-category", 1, "--seeds", 2, "--resolution", 16, "--fd-network", "classifier",
+                         "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "cfg 1: class acc" in out and "cfg 2: class acc" in out and "FD-render-classifier" in out
+    assert "below 500 shapes" in err
+    rows = json.loads((tmp_path / "r" / "gen.json").read_text())["rows"]
+    assert [r["n"] for r in rows] == [6, 6]
+
+    broken = tmp_path / "b"
+    shutil.copytree(bundle, broken)
+    shutil.rmtree(broken / "gpt")
+    code, _, err = cli(capsys, "eval", "gen", "--model", broken, "--data", data, "--classifier", cls,
+                       "--out", tmp_path / "r2")
+    assert code == 2 and one_error(err) == f"error: {broken}: component 'gpt' is missing (run lost gpt export RUN " \
+                                           f"--into {broken})"
+    code, _, err = cli(capsys, "eval", "gen", "--model", bundle, "--data", data, "--cfg", "x", "--out", tmp_path / "r3")
+    assert code == 2 and "--cfg x" in one_error(err)
+    code, _, err = cli(capsys, "eval", "gen", "--model", bundle, "--data", data, "--fd-network", "classifier",
+                       "--out", tmp_path / "r4")
+    assert code == 2 and "--classifier" in one_error(err)
+
+
+def test_missing_generator_fails_before_work(setup, tmp_path):
+    bundle, data, cls = setup
+    broken = tmp_path / "b"
+    shutil.copytree(bundle, broken)
+    shutil.rmtree(broken / "text_encoder")
+    pipe = LostPipeline.from_pretrained(broken, device="cpu")
+    with pytest.raises(CheckpointError, match="component 'text_encoder' is missing"):
+        evaluate_gen(pipe, data, GenEvalConfig(**FAST), classifier=load_classifier(cls))
