@@ -44,9 +44,15 @@ def one_thread():
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 
+VENDORED = os.path.join(os.path.dirname(__file__), "data")  # copies of the state-dict manifests (fixtures/)
+
+
 def shared_path(*parts: str) -> str:
-    """Path into ../shared (the fixtures and real meshes beside the checkout)."""
-    return os.path.abspath(os.path.join(SHARED, *parts))
+    """Path into ../shared (the fixtures and real meshes beside the checkout); the copy under tests/data when a
+    bare clone has no ../shared."""
+    path = os.path.abspath(os.path.join(SHARED, *parts))
+    vendored = os.path.join(VENDORED, *parts)
+    return path if os.path.exists(path) or not os.path.exists(vendored) else vendored
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

@@ -25,13 +25,11 @@ from lostcli.latent.extract import query_grid
 from lostcli.latent.hub import check_checkpoint
 from lostcli.train.vae import VaeRunConfig
 
-from conftest import cli, cli_ok, one_error
+from conftest import shared_path, cli, cli_ok, one_error
 
 REPO = Path(__file__).resolve().parents[1]
 PENGUIN = REPO / "tests" / "data" / "penguin.glb"
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(shared_path("fixtures", "direct3d_vae_state_dict.json")).parent
 PREP = ["--set", "surface_points=512", "--set", "occupancy.n_uniform=512", "--set", "occupancy.n_near=512",
         "--set", "render_size=32"]
 TRAIN = ["--recipe", REPO / "recipes" / "tiny" / "vae.yaml", "--set", "train.batch_size=2",

@@ -31,9 +31,9 @@ from lostcli.latent.trellis import (
     voxelize,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+from conftest import shared_path  # noqa: E402
+
+FIXTURES = Path(shared_path("fixtures", "direct3d_vae_state_dict.json")).parent
 NETS = {"enc": SparseStructureEncoder, "dec": SparseStructureDecoder}
 
 
