@@ -193,3 +193,38 @@ def save_model_folder(directory: str | Path, module: nn.Module, meta: dict[str, 
         write(tmp)
         tmp.replace(directory / name)
     return directory
+
+
+def read_model_folder(path: str | Path, class_name: str, config_type: type, what: str) -> tuple[Path, dict, Any]:
+    """Find and parse the `config.json` of an export folder (or of a run directory's `export/`).
+
+    Args:
+        path: the folder, or a run directory holding `export/`.
+        class_name: the "class" field the config must carry (e.g. "LoSTTokenizer").
+        config_type: the dataclass its "config" entry is read into (type-checked by `config.from_dict`).
+        what: the model's name in error messages ("LoST tokenizer").
+
+    Returns:
+        (folder, meta, config): the folder holding config.json + model.safetensors, the whole parsed JSON and
+        the typed config.
+
+    Raises:
+        CheckpointError: no config.json, unreadable JSON, another class, or a config that does not parse.
+    """
+    from ..config import from_dict
+    from ..errors import ConfigError
+
+    path = Path(path)
+    folder = next((f for f in (path, path / "export") if (f / "config.json").is_file()), None)
+    if folder is None:
+        raise CheckpointError(f"{path}: no config.json here or in {path / 'export'} "
+                              f"(expected a {what} export or run directory)")
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+        if meta.get("class") != class_name:
+            raise ConfigError(f"class is {meta.get('class')!r}, not {class_name}")
+        config = from_dict(config_type, meta["config"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError,
+            ConfigError) as e:
+        raise CheckpointError(f"{folder / 'config.json'}: not a {what} config ({e})") from None
+    return folder, meta, config

@@ -13,7 +13,6 @@ i. RoPE angles are the sequence positions, so the prefix (position 0) is not rot
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import from_dict, to_dict
-from ..errors import CheckpointError, ConfigError
-from ..latent.checkpoint import load_strict, read_state_dict, save_model_folder
+from ..errors import ConfigError
+from ..latent.checkpoint import load_strict, read_model_folder, read_state_dict, save_model_folder
 from .diffloss import DiffLoss, DiffLossConfig
 
 CONFIG_NAME = "config.json"
@@ -342,19 +341,7 @@ class LoSTGPT(nn.Module):
         Raises:
             CheckpointError: missing/unreadable files, or weights that do not fit the config exactly.
         """
-        path = Path(path)
-        folder = next((f for f in (path, path / "export") if (f / CONFIG_NAME).is_file()), None)
-        if folder is None:
-            raise CheckpointError(f"{path}: no {CONFIG_NAME} here or in {path / 'export'} "
-                                  "(expected a LoST-GPT export or run directory)")
-        try:
-            meta = json.loads((folder / CONFIG_NAME).read_text())
-            if meta.get("class") != cls.__name__:
-                raise ConfigError(f"class is {meta.get('class')!r}, not {cls.__name__}")
-            config = from_dict(GPTConfig, meta["config"])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError,
-                ConfigError) as e:
-            raise CheckpointError(f"{folder / CONFIG_NAME}: not a LoST-GPT config ({e})") from None
+        folder, meta, config = read_model_folder(path, cls.__name__, GPTConfig, "LoST-GPT")
         model = cls(config, preset=meta.get("preset"))
         load_strict(model, read_state_dict(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
         model.extra_config = {k: v for k, v in meta.items() if k not in ("class", "preset", "config")}
