@@ -45,7 +45,7 @@ app.command("info", help="Versions, device, threads and the pretrained weights t
 
 def _register() -> None:
     """Attach command groups; each lives in its own module (heavy imports happen inside the commands)."""
-    from . import dataset, dataset_models, eval as eval_cmd, gpt, rida, teacher, tokenizer, tokens, vae
+    from . import dataset, dataset_models, demo, eval as eval_cmd, gpt, rida, teacher, tokenizer, tokens, vae
 
     dataset.app.command("latents")(dataset_models.latents)
     dataset.app.command("features")(teacher.features)
@@ -63,6 +63,9 @@ def _register() -> None:
     app.command("decode", help="Tokens (any prefix) -> mesh and preview; --progressive for several prefixes.")(tokens.decode)
     from .generate import generate as generate_cmd
     app.command("generate", help="Text -> shapes with LoST-GPT: a mesh + preview per sample, and a grid.")(generate_cmd)
+    from .bench import bench as bench_cmd
+    app.command("bench", help="Speed and memory: training-step samples/s, tokenize/decode/generate latency, MFU.")(bench_cmd)
+    app.command("demo")(demo.demo)
 
 
 _register()

@@ -1,0 +1,372 @@
+"""The embedded default: the whole offline pipeline as a resumable plan of `lost` commands.
+
+`build_plan` turns a run directory into the ordered stages (built-in dataset -> prepare -> VAE -> latents
+-> teacher -> features -> RIDA (+ regression baseline) -> classifier -> tokenizer -> bundle -> tokens ->
+GPT -> reconstruction, retrieval and generation reports -> samples), each a `lost` command line with the
+files whose existence means it is finished. `run_demo` runs the unfinished ones as subprocesses
+(`python -m lostcli ...`, output into DIR/logs/<stage>.log), records finished stages and their seconds in
+DIR/demo.json, and `write_report` gathers the three tables into DIR/report/report.md.
+
+Layout of DIR: synth/ prepared/ vae/ teacher/ rida/ rida_reg/ cls/ tokenizer/ gpt/ (runs), bundle/ (the
+model), report/{recon,retrieval,gen}/ + report/{recon,retrieval,gen}.json + report/report.md, samples/,
+logs/, demo.json.
+
+Resume rules: a stage whose products exist is skipped (whoever made them); a training stage whose run
+directory holds a checkpoint but no export is re-run with `--resume`; dataset passes (prepare, latents,
+features, tokens) skip the items already stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, LostError
+
+RECIPE_FILES = ("vae", "teacher", "rida", "classifier", "tokenizer", "gpt")  # recipes/tiny/<name>.yaml
+RECORD_FILE = "demo.json"
+REPORTS = ("recon", "retrieval", "gen")  # DIR/report/<name>/<name>.{json,md}
+SAMPLE_PROMPTS = (  # the built-in captions' phrasing, three categories that look nothing alike
+    "a round table with a single pedestal leg",
+    "a tall bottle with a narrow neck",
+    "a rocket with four fins",
+)
+
+
+class StageError(LostError):
+    """A demo stage exited non-zero; the message names its log file."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `lost demo` runs; `settings()` must match the record of an earlier run in the same DIR."""
+
+    out: Path  # run directory
+    recipes: Path  # folder holding the tiny recipes (vae.yaml, teacher.yaml, ...)
+    n: int = 1008  # shapes in the built-in dataset
+    quick: bool = False  # smoke test: 2 training steps per stage, tiny evaluations
+    semantic_weight: float = 0.0  # tokenizer semantic loss weight (> 0 adds --rida DIR/rida/export)
+    seed: int = 0  # seed of the built-in dataset
+
+    def settings(self) -> dict:
+        """The options that change the products (stored in demo.json, checked on resume)."""
+        return {"n": self.n, "quick": self.quick, "semantic_weight": self.semantic_weight, "seed": self.seed}
+
+
+@dataclass
+class Stage:
+    """One `lost` command of the plan."""
+
+    name: str  # short key: log file name, demo.json key
+    title: str  # what the progress display shows
+    args: list[str]  # arguments after `lost`
+    products: list[Path]  # all exist <=> the stage is finished
+    run_dir: Path | None = None  # training run: `--resume` is added when it holds a checkpoint
+    table: tuple[Path, str] | None = None  # (dataset, table): finished only when it holds every item
+    files: dict[Path, str] = field(default_factory=dict)  # small inputs written before the command runs
+
+    def command_line(self) -> list[str]:
+        """The arguments after `lost`, with `--resume` when the run directory holds a checkpoint."""
+        return self.args + (["--resume"] if self.run_dir is not None and has_checkpoint(self.run_dir) else [])
+
+
+@dataclass
+class DemoResult:
+    """What `run_demo` did."""
+
+    seconds: dict[str, float | None]  # per stage, this run or an earlier one; None: finished outside the demo
+    ran: list[str]  # stages run this time
+    skipped: list[str]  # stages found finished
+    report: Path  # DIR/report/report.md
+    bundle: Path  # DIR/bundle
+    samples: Path  # DIR/samples
+    total_seconds: float  # wall time of this call
+
+
+# ----------------------------------------------------------------------------------------------------
+# The plan
+# ----------------------------------------------------------------------------------------------------
+
+
+def find_recipes() -> Path:
+    """The repository's recipes/tiny (next to the package), else ./recipes/tiny.
+
+    Raises:
+        ConfigError: neither folder holds the tiny recipes.
+    """
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        folder = root / "recipes" / "tiny"
+        if all((folder / f"{name}.yaml").is_file() for name in RECIPE_FILES):
+            return folder
+    raise ConfigError(f"{Path.cwd() / 'recipes' / 'tiny'}: tiny recipes not found (need "
+                      f"{', '.join(n + '.yaml' for n in RECIPE_FILES)}); pass --recipes FOLDER")
+
+
+def build_plan(opts: DemoOptions) -> list[Stage]:
+    """The ordered stages for `opts.out` (paths are `opts.out / ...`, recipes `opts.recipes / NAME.yaml`)."""
+    d, r = Path(opts.out), Path(opts.recipes)
+    data = d / "prepared"
+    bundle = d / "bundle"
+    rep = d / "report"
+    # --quick: two optimiser steps of small batches (72 shapes hold ~57 training shapes) per training stage
+    short = ["--set", "train.steps=2", "--set", "train.batch_size=8"] if opts.quick else []
+
+    def train(name: str, title: str, group: list[str], recipe: str, run: str, *extra: str,
+              also: tuple[str, ...] = ()) -> Stage:
+        """A training command on the shared loop: finished when its export (and `also` files of the run) exist."""
+        return Stage(name, title, [*group, "--recipe", str(r / f"{recipe}.yaml"), "--data", str(data),
+                                   *extra, *short, "--out", str(d / run)],
+                     [d / run / "export" / "model.safetensors", *(d / run / f for f in also)], run_dir=d / run)
+
+    sem = ["--set", f"tokenizer.semantic_weight={opts.semantic_weight:g}"]
+    if opts.semantic_weight > 0:
+        sem = ["--rida", str(d / "rida" / "export"), *sem]
+    recon_size = ["--limit", "4", "--resolution", "32", "--steps", "5", "--points", "10000"] if opts.quick \
+        else ["--limit", "54"]
+    gen_quick = ["--prompts-per-category", "1", "--seeds", "1", "--resolution", "32"]
+    prompts = d / "samples" / "prompts.txt"
+    return [
+        Stage("synth", "built-in dataset", ["dataset", "synth", "--out", str(d / "synth"), "--n", str(opts.n),
+                                            "--seed", str(opts.seed)], [d / "synth" / "metadata.jsonl"]),
+        Stage("prepare", "prepare: sample, label, render", ["dataset", "prepare", str(d / "synth"), "--out",
+                                                            str(data), "--workers", "2"], [data / "manifest.json"]),
+        train("vae", "shape VAE", ["vae", "train"], "vae", "vae"),
+        Stage("latents", "latents of every shape", ["dataset", "latents", str(data), "--vae",
+                                                    str(d / "vae" / "export")],
+              [data / "latents" / "stats.json"]),
+        train("teacher", "built-in teacher", ["teacher", "train"], "teacher", "teacher"),
+        Stage("features", "teacher features", ["dataset", "features", str(data), "--teacher",
+                                               str(d / "teacher" / "export"), "--grid", "4"],
+              [data / "features" / "stats.json"], table=(data, "features")),
+        train("rida", "RIDA student", ["rida", "train"], "rida", "rida"),
+        train("rida_reg", "regression baseline", ["rida", "train"], "rida", "rida_reg",
+              "--set", "rida.objective=regression"),
+        train("classifier", "render classifier", ["eval", "classifier"], "classifier", "cls", also=("eval.json",)),
+        train("tokenizer", "LoST tokenizer", ["tokenizer", "train"], "tokenizer", "tokenizer", *sem),
+        Stage("bundle", "export the bundle", ["tokenizer", "export", str(d / "tokenizer"), "--vae",
+                                              str(d / "vae" / "export"), "--out", str(bundle)],
+              [bundle / "bundle.json", bundle / "tokenizer" / "model.safetensors"]),
+        Stage("tokens", "tokens of every shape", ["dataset", "tokens", str(data), "--model", str(bundle)],
+              [data / "tokens" / "stats.json"], table=(data, "tokens")),
+        train("gpt", "LoST-GPT", ["gpt", "train"], "gpt", "gpt", "--model", str(bundle),
+              "--text-encoder", str(d / "teacher" / "export")),
+        Stage("gpt_export", "add the GPT to the bundle", ["gpt", "export", str(d / "gpt"), "--into", str(bundle)],
+              [bundle / "gpt" / "model.safetensors"]),
+        Stage("recon", "reconstruction table", ["eval", "recon", "--model", str(bundle), "--data", str(data),
+                                                "--classifier", str(d / "cls"), "--guidance", "1.0", *recon_size,
+                                                "--out", str(rep / "recon")],
+              [rep / "recon" / "recon.json"]),
+        Stage("retrieval", "retrieval table", ["rida", "eval", "--rida", str(d / "rida"), "--regression",
+                                               str(d / "rida_reg"), "--data", str(data), "--split", "test",
+                                               "--out", str(rep / "retrieval")],
+              [rep / "retrieval" / "retrieval.json"]),
+        Stage("gen", "generation table", ["eval", "gen", "--model", str(bundle), "--data", str(data), "--split",
+                                          "test", "--cfg", "1,3", "--classifier", str(d / "cls"),
+                                          *(gen_quick if opts.quick else []), "--out", str(rep / "gen")],
+              [rep / "gen" / "gen.json"]),
+        Stage("samples", "text -> shape samples", ["generate", "--model", str(bundle), "--prompts", str(prompts),
+                                                   "-n", "1", "--seed", "0",
+                                                   *(["--resolution", "32"] if opts.quick else []),
+                                                   "--out", str(d / "samples")],
+              [d / "samples" / "generate.json"], files={prompts: "\n".join(SAMPLE_PROMPTS) + "\n"}),
+    ]
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """True when `run_dir` holds a complete training checkpoint (what `--resume` continues from)."""
+    from .train.state import latest_checkpoint
+
+    return latest_checkpoint(run_dir) is not None
+
+
+def stage_done(stage: Stage) -> bool:
+    """Every product exists and, for a dataset table, it holds every prepared item."""
+    if not all(p.is_file() for p in stage.products):
+        return False
+    if stage.table is None:
+        return True
+    from .data.store import DatasetStore
+
+    root, table = stage.table
+    store = DatasetStore(root)
+    return set(store.ids()) <= store.done_ids(table)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running it
+# ----------------------------------------------------------------------------------------------------
+
+
+def read_record(out: Path) -> dict:
+    """DIR/demo.json, or an empty record."""
+    path = Path(out) / RECORD_FILE
+    if not path.is_file():
+        return {"version": 1, "settings": None, "stages": {}}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable demo record ({type(e).__name__}); delete it to start over") from None
+    if not isinstance(record, dict) or not isinstance(record.get("stages"), dict):
+        raise ConfigError(f"{path}: not a demo record (no 'stages'); delete it to start over")
+    return record
+
+
+def _write_record(out: Path, record: dict) -> None:
+    from .data.store import atomic_write_json
+
+    atomic_write_json(Path(out) / RECORD_FILE, record)
+
+
+def check_settings(opts: DemoOptions, record: dict) -> None:
+    """A resumed demo must use the settings its products were made with."""
+    old = record.get("settings")
+    if old is not None and old != opts.settings():
+        diff = ", ".join(f"{k}={old.get(k)!r}" for k in opts.settings() if old.get(k) != opts.settings()[k])
+        raise ConfigError(f"{Path(opts.out) / RECORD_FILE}: this folder holds a demo run with {diff}; "
+                          f"rerun with the same options or use another --out")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a stage: offline hub, and this very `lostcli` first on the import path."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    env.setdefault("COLUMNS", "160")  # progress lines in the logs stay on one line
+    return env
+
+
+def _last_line(log: Path) -> str:
+    """The last non-empty line of a log (the error line of a failed `lost` command)."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("error: ")[:300] if lines else ""
+
+
+def run_stage(stage: Stage, log: Path) -> int:
+    """Run one stage as `python -m lostcli ...`, stdout and stderr appended to `log`; the exit code."""
+    argv = stage.command_line()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"\n$ lost {' '.join(argv)}    # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "lostcli", *argv], stdout=f, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, env=child_env(), check=False)
+    return proc.returncode
+
+
+ProgressFn = Callable[[str, int, int, Stage, float], None]  # (event, index, total, stage, seconds)
+
+
+def run_demo(opts: DemoOptions, progress: ProgressFn | None = None,
+             runner: Callable[[Stage, Path], int] | None = None) -> DemoResult:
+    """Run every unfinished stage in order, then write the report.
+
+    Args:
+        opts: the run directory and settings.
+        progress: called with ("skip" | "start" | "done", i, total, stage, seconds) for every stage.
+        runner: runs one stage and returns its exit code (default `run_stage`; tests substitute it).
+
+    Raises:
+        ConfigError: DIR holds a demo made with other settings.
+        StageError: a stage exited non-zero, or exited 0 without its products ("LOG: stage NAME ...").
+    """
+    t0 = time.time()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = read_record(out)
+    check_settings(opts, record)
+    record["settings"] = opts.settings()
+    _write_record(out, record)
+    stages = build_plan(opts)
+    ran, skipped = [], []
+    for i, stage in enumerate(stages):
+        if stage_done(stage):
+            skipped.append(stage.name)
+            if progress:
+                progress("skip", i, len(stages), stage, 0.0)
+            continue
+        if progress:
+            progress("start", i, len(stages), stage, 0.0)
+        log = out / "logs" / f"{stage.name}.log"
+        for path, text in stage.files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        command = "lost " + " ".join(stage.command_line())  # before the run adds checkpoints (--resume)
+        s0 = time.time()
+        code = (runner or run_stage)(stage, log)
+        seconds = time.time() - s0
+        if code != 0:
+            last = _last_line(log)
+            raise StageError(f"{log}: stage {stage.name} failed (exit {code})" + (f": {last}" if last else "")
+                             + "; rerun the same `lost demo` command to resume")
+        if not stage_done(stage):
+            missing = [str(p) for p in stage.products if not p.is_file()]
+            raise StageError(f"{log}: stage {stage.name} exited 0 but is not finished "
+                             f"({', '.join(missing) or 'dataset table incomplete'})")
+        record["stages"][stage.name] = {"seconds": round(seconds, 2), "command": command,
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _write_record(out, record)
+        ran.append(stage.name)
+        if progress:
+            progress("done", i, len(stages), stage, seconds)
+    seconds = {s.name: (record["stages"].get(s.name) or {}).get("seconds") for s in stages}
+    report = write_report(opts, seconds)
+    return DemoResult(seconds=seconds, ran=ran, skipped=skipped, report=report, bundle=out / "bundle",
+                      samples=out / "samples", total_seconds=time.time() - t0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------------
+
+
+def time_table(seconds: dict[str, float | None]) -> str:
+    """Markdown table of seconds per stage (and the total of the measured ones)."""
+    rows = ["| stage | seconds |", "|---|---|"]
+    for name, s in seconds.items():
+        rows.append(f"| {name} | {'finished outside the demo' if s is None else f'{s:.1f}'} |")
+    total = sum(s for s in seconds.values() if s is not None)
+    rows.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) |")
+    return "\n".join(rows) + "\n"
+
+
+def write_report(opts: DemoOptions, seconds: dict[str, float | None]) -> Path:
+    """Copy recon/retrieval/gen JSON to DIR/report/ and write DIR/report/report.md; its path."""
+    rep = Path(opts.out) / "report"
+    parts = [f"# LoST demo report\n\nBuilt-in dataset of {opts.n} shapes (seed {opts.seed}), tiny recipes"
+             f"{' scaled down by --quick (2 training steps per stage: smoke test, not results)' if opts.quick else ''}"
+             f"; tokenizer semantic weight {opts.semantic_weight:g}. Command: "
+             f"`lost demo --out {opts.out} --n {opts.n}{' --quick' if opts.quick else ''}"
+             f" --semantic-weight {opts.semantic_weight:g}`\n"]
+    for name in REPORTS:
+        src = rep / name / f"{name}.json"
+        if src.is_file():
+            shutil.copyfile(src, rep / f"{name}.json")
+        md = rep / name / f"{name}.md"
+        parts.append(_demote(md.read_text()) if md.is_file() else f"## {name}\n\n(missing: {md})\n")
+    extras = [("reconstruction vs k", rep / "recon" / "recon_curve.png"),
+              ("generations", rep / "gen" / "gen_grid.png"),
+              ("samples", Path(opts.out) / "samples" / "grid.png")]
+    figures = [f"![{label}]({os.path.relpath(p, rep)})" for label, p in extras if p.is_file()]
+    if figures:
+        parts.append("## Figures\n\n" + "\n\n".join(figures) + "\n")
+    parts.append("## Time per stage\n\n" + time_table(seconds))
+    rep.mkdir(parents=True, exist_ok=True)
+    path = rep / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def _demote(md: str) -> str:
+    """Shift every Markdown heading one level down, so each report sits under the demo's title."""
+    return "\n".join("#" + ln if ln.startswith("#") else ln for ln in md.splitlines()) + "\n"
