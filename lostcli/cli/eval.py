@@ -40,6 +40,10 @@ def classifier(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOp
                   f"(chance {ev['chance']:.3f}) -> {out / 'eval.json'}")
 
 
+ClassifierOpt = Annotated[Optional[Path], typer.Option(
+    "--classifier", help="Render classifier run or export (lost eval classifier) for class accuracy.")]
+
+
 @app.command("recon")
 def recon(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle (lost tokenizer export).")],
@@ -47,7 +51,7 @@ def recon(
     out: OutOpt,
     split: Annotated[str, typer.Option("--split", help="Dataset split to reconstruct.")] = "test",
     tokens: Annotated[str, typer.Option("--tokens", help="Prefix lengths k, comma-separated; 'all' = every register.")] = "1,4,16,all",
-    classifier_dir: Annotated[Optional[Path], typer.Option("--classifier", help="Render classifier run or export (lost eval classifier) for class accuracy.")] = None,
+    classifier_dir: ClassifierOpt = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help="Feature network for render similarity (a teacher spec, see lost teacher eval).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Sampling steps of the decoder.")] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
@@ -108,7 +112,7 @@ def gen(
     out: OutOpt,
     split: Annotated[str, typer.Option("--split", help="Split whose categories are prompted and whose renders are the FD reference.")] = "test",
     cfg: Annotated[str, typer.Option("--cfg", help="Guidance scales, comma-separated: one row each.")] = "1,3",
-    classifier_dir: Annotated[Optional[Path], typer.Option("--classifier", help="Render classifier run or export (lost eval classifier) for class accuracy.")] = None,
+    classifier_dir: ClassifierOpt = None,
     prompts: Annotated[int, typer.Option("--prompts-per-category", help="Prompts per category.")] = 5,
     seeds: Annotated[int, typer.Option("--seeds", help="Samples (seeded draws) per prompt.")] = 4,
     fd_network: Annotated[str, typer.Option("--fd-network", help="FD features: auto, inception, classifier or a teacher spec.")] = "auto",

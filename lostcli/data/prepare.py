@@ -13,7 +13,6 @@ writes `DIR/manifest.json` from the shard indices.
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import re
 import sys

@@ -15,7 +15,6 @@ on real renders (`eval.json` in its export folder).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
-from ..latent.checkpoint import save_model_folder
+from ..latent.checkpoint import load_strict, read_json_object, read_safetensors, save_model_folder
 from ..models.teacher import resize_images
 
 CONFIG_NAME = "config.json"
@@ -140,11 +139,8 @@ class RenderClassifier(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> RenderClassifier:
         """Load a folder written by `save_pretrained` (strict keys and shapes), frozen, in eval mode."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
-        meta = _read_json(directory / CONFIG_NAME)
+        meta = read_json_object(directory / CONFIG_NAME)
         if meta.get("class") != CLASS_NAME or not isinstance(meta.get("config"), dict):
             raise CheckpointError(f"{directory / CONFIG_NAME}: not a render classifier (class {meta.get('class')!r})")
         try:
@@ -153,31 +149,8 @@ class RenderClassifier(nn.Module):
         except ConfigError as e:
             raise CheckpointError(f"{directory / CONFIG_NAME}: config.{e}") from None
         weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise CheckpointError(f"{weights}: weights file not found")
-        try:
-            state = load_file(str(weights), device="cpu")
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{weights}: unreadable ({str(e).splitlines()[0]})") from None
-        own = model.state_dict()
-        bad = sorted(set(own) ^ set(state)) or sorted(k for k in own if own[k].shape != state[k].shape)
-        if bad:
-            raise CheckpointError(f"{weights}: does not fit the classifier in {directory / CONFIG_NAME} "
-                                  f"(first bad key {bad[0]})")
-        model.load_state_dict(state, strict=True)
+        load_strict(model, read_safetensors(weights), str(weights))
         return model.to(device).eval().requires_grad_(False)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: malformed JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
 
 
 @dataclass
@@ -201,7 +174,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
                               "train one with lost eval classifier)")
     model = RenderClassifier.from_pretrained(folder, device=device)
     ev = folder / EVAL_NAME
-    return LoadedClassifier(model, folder, _read_json(ev) if ev.is_file() else None)
+    return LoadedClassifier(model, folder, read_json_object(ev) if ev.is_file() else None)
 
 
 # ----------------------------------------------------------------------------------------------------

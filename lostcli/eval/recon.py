@@ -15,7 +15,6 @@ accuracy counts a failure as wrong.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable

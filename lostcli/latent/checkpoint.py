@@ -108,6 +108,39 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     return _strip_prefixes(dict(sd))
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of one of our own `model.safetensors` files (on CPU), as written by `save_model_folder`.
+
+    Raises:
+        CheckpointError: "<path>: weights file not found" or "<path>: unreadable (...)".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable ({_first_line(e)})") from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file holding one object (a model folder's config.json, an eval.json).
+
+    Raises:
+        CheckpointError: missing file, malformed JSON, or not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
 @dataclass
 class StateDictReport:
     """How a state dict differs from a module's: keys it lacks, extra keys, and shape mismatches."""

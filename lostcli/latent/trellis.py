@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, ConfigError
 from .base import DiagonalGaussian, ShapeVAE, register_vae
 from .checkpoint import load_strict, read_state_dict
-from .extract import extract_mesh
 
 # ----------------------------------------------------------------------------------------------------
 # Layers (names and maths as in TRELLIS's modules/norm.py, modules/spatial.py, sparse_structure_vae.py)

@@ -77,6 +77,16 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
+def xavier_init_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every nn.Linear inside `module` (ViT / DiT / MAR init)."""
+    def init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    module.apply(init)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [B, N, D] * (1 + scale [B, D]) + shift [B, D], broadcast over the N tokens."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)

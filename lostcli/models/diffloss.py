@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .blocks import LN_EPS, TimestepEmbedder
+from .blocks import LN_EPS, TimestepEmbedder, xavier_init_linears
 from .flow import KINDS, make_scheduler, noised, sample_u
 
 TIME_SCALE = 1000.0  # t01 in [0, 1] -> the 0..1000 scale the sinusoidal time features are made for
@@ -105,11 +105,7 @@ class DiffHead(nn.Module):
 
     def initialize_weights(self) -> None:
         """Xavier linears, N(0, 0.02) time MLP, zero adaLN modulations and output (MAR)."""
-        def _basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        self.apply(_basic)
+        xavier_init_linears(self)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1],

@@ -33,7 +33,8 @@ from torch.utils.checkpoint import checkpoint
 from ..config import from_dict, to_dict
 from ..errors import ConfigError
 from ..latent.checkpoint import load_strict, read_model_folder, read_state_dict, save_model_folder
-from .blocks import LN_EPS, Block, DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
+from .blocks import (LN_EPS, Block, DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify,
+                     xavier_init_linears)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -158,12 +159,7 @@ class LoSTEncoder(nn.Module):
 
     def initialize_weights(self) -> None:
         """Xavier-uniform linears (and the patch kernel), zero biases, registers ~ N(0, 0.02)."""
-        def _basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        self.apply(_basic)
+        xavier_init_linears(self)
         self.x_embedder.init_as_linear()
         nn.init.trunc_normal_(self.registers, std=0.02)
 
@@ -210,12 +206,7 @@ class LoSTDecoder(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT init: Xavier linears, N(0, 0.02) timestep MLP and learned embeddings, adaLN-Zero everywhere."""
-        def _basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        self.apply(_basic)
+        xavier_init_linears(self)
         self.x_embedder.init_as_linear()
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..latent.checkpoint import load_strict, read_state_dict, save_model_folder
+from .blocks import xavier_init_linears
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -159,11 +160,7 @@ class RidaStudent(nn.Module):
 
     def initialize_weights(self) -> None:
         """Xavier-uniform linears (ViT/DiT), patch embedding as a linear, small normal CLS/plane embeddings."""
-        def _basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        self.apply(_basic)
+        xavier_init_linears(self)
         w = self.x_embedder.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)

@@ -20,7 +20,6 @@ row-major from the image's top-left corner: patches[b, v, i, j] covers image row
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError, LostError
-from ..latent.checkpoint import save_model_folder
+from ..latent.checkpoint import load_strict, read_json_object, read_safetensors, save_model_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm / DINOv2 preprocessing
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -331,11 +330,8 @@ class ClipTeacher(OpenClipTeacher):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> ClipTeacher:
         """Load a folder written by `save_pretrained` (strict key and shape match), frozen, in eval mode."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
-        meta = _read_json(directory / CONFIG_NAME)
+        meta = read_json_object(directory / CONFIG_NAME)
         if meta.get("class") != BUILTIN_CLASS or not isinstance(meta.get("config"), dict):
             raise CheckpointError(f"{directory / CONFIG_NAME}: not a built-in teacher (class {meta.get('class')!r})")
         try:
@@ -343,43 +339,11 @@ class ClipTeacher(OpenClipTeacher):
         except ConfigError as e:
             raise CheckpointError(f"{directory / CONFIG_NAME}: config.{e}") from None
         weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise CheckpointError(f"{weights}: weights file not found")
-        try:
-            state = load_file(str(weights), device="cpu")
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{weights}: unreadable ({str(e).splitlines()[0]})") from None
+        state = read_safetensors(weights)
         teacher = cls(cfg, name=str(meta.get("name", "lost-clip (built-in)")))
-        _load_strict(teacher.model, state, weights)
+        load_strict(teacher.model, state, str(weights))
         teacher.spec = str(directory.resolve())
         return teacher.to(device).eval().requires_grad_(False)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: malformed JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """load_state_dict(strict) with a one-line CheckpointError naming the first bad key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshapen = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or misshapen:
-        k = misshapen[0] if misshapen else ""
-        first = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
-                 else f"{k} is {tuple(state[k].shape)}, model has {tuple(own[k].shape)}")
-        raise CheckpointError(f"{path}: does not fit the model ({len(missing)} missing, {len(unexpected)} unexpected, "
-                              f"{len(misshapen)} misshapen keys; {first})")
-    model.load_state_dict(state, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------------
