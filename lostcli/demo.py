@@ -128,9 +128,12 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
     sem = ["--set", f"tokenizer.semantic_weight={opts.semantic_weight:g}"]
     if opts.semantic_weight > 0:
         sem = ["--rida", str(d / "rida" / "export"), *sem]
+    # the first 36 test shapes (2 per category on average): Chamfer at 100k points per surface costs ~1 s per
+    # row and shape here, so the whole table (4 prefixes + 2 reference rows) takes ~4 minutes
     recon_size = ["--limit", "4", "--resolution", "32", "--steps", "5", "--points", "10000"] if opts.quick \
-        else ["--limit", "54"]
-    gen_quick = ["--prompts-per-category", "1", "--seeds", "1", "--resolution", "32"]
+        else ["--limit", "36"]
+    gen_size = ["--prompts-per-category", "1", "--seeds", "1", "--resolution", "32"] if opts.quick \
+        else ["--prompts-per-category", "3", "--seeds", "4"]
     prompts = d / "samples" / "prompts.txt"
     return [
         Stage("synth", "built-in dataset", ["dataset", "synth", "--out", str(d / "synth"), "--n", str(opts.n),
@@ -160,7 +163,8 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
         Stage("gpt_export", "add the GPT to the bundle", ["gpt", "export", str(d / "gpt"), "--into", str(bundle)],
               [bundle / "gpt" / "model.safetensors"]),
         Stage("recon", "reconstruction table", ["eval", "recon", "--model", str(bundle), "--data", str(data),
-                                                "--classifier", str(d / "cls"), "--guidance", "1.0", *recon_size,
+                                                "--classifier", str(d / "cls"), "--teacher",
+                                                str(d / "teacher" / "export"), "--guidance", "1.0", *recon_size,
                                                 "--out", str(rep / "recon")],
               [rep / "recon" / "recon.json"]),
         Stage("retrieval", "retrieval table", ["rida", "eval", "--rida", str(d / "rida"), "--regression",
@@ -169,7 +173,7 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
               [rep / "retrieval" / "retrieval.json"]),
         Stage("gen", "generation table", ["eval", "gen", "--model", str(bundle), "--data", str(data), "--split",
                                           "test", "--cfg", "1,3", "--classifier", str(d / "cls"),
-                                          *(gen_quick if opts.quick else []), "--out", str(rep / "gen")],
+                                          *gen_size, "--out", str(rep / "gen")],
               [rep / "gen" / "gen.json"]),
         Stage("samples", "text -> shape samples", ["generate", "--model", str(bundle), "--prompts", str(prompts),
                                                    "-n", "1", "--seed", "0",

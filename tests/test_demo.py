@@ -103,11 +103,13 @@ def test_plan_command_lines(tmp_path):
     assert plan["gpt"].args[-6:-1] == ["--model", f"{d}/bundle", "--text-encoder", f"{d}/teacher/export", "--out"]
     assert plan["gpt_export"].args == ["gpt", "export", f"{d}/gpt", "--into", f"{d}/bundle"]
     assert plan["recon"].args == ["eval", "recon", "--model", f"{d}/bundle", "--data", f"{d}/prepared", "--classifier",
-                                  f"{d}/cls", "--guidance", "1.0", "--limit", "54", "--out", f"{d}/report/recon"]
+                                  f"{d}/cls", "--teacher", f"{d}/teacher/export", "--guidance", "1.0", "--limit", "36",
+                                  "--out", f"{d}/report/recon"]
     assert plan["retrieval"].args == ["rida", "eval", "--rida", f"{d}/rida", "--regression", f"{d}/rida_reg", "--data",
                                       f"{d}/prepared", "--split", "test", "--out", f"{d}/report/retrieval"]
     assert plan["gen"].args == ["eval", "gen", "--model", f"{d}/bundle", "--data", f"{d}/prepared", "--split", "test",
-                                "--cfg", "1,3", "--classifier", f"{d}/cls", "--out", f"{d}/report/gen"]
+                                "--cfg", "1,3", "--classifier", f"{d}/cls", "--prompts-per-category", "3", "--seeds", "4",
+                                "--out", f"{d}/report/gen"]
     prompts = opts.out / "samples" / "prompts.txt"
     assert plan["samples"].args[:4] == ["generate", "--model", f"{d}/bundle", "--prompts"]
     assert len(plan["samples"].files[prompts].splitlines()) == 3

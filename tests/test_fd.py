@@ -93,6 +93,25 @@ def test_render_distance_over_views_counts_and_warns():
     assert r.kid > same.kid
 
 
+def test_rows_sharing_one_reference_match_separate_distances():
+    rng = np.random.default_rng(1)
+    real, fake_a, fake_b = (flat_views(rng.integers(0, 256, (n, 4, 3))) for n in (12, 10, 8))
+    ref = RenderDistance(colour_features(), kid_subsets=5)
+    row_a, row_b = ref.sharing_reference(), ref.sharing_reference()
+    ref.update(real[:6], real=True)
+    row_a.update(fake_a, real=False)
+    ref.update(real[6:], real=True)  # a reference update after the fork reaches every row
+    row_b.update(fake_b, real=False)
+    for row, fake in ((row_a, fake_a), (row_b, fake_b)):
+        alone = RenderDistance(colour_features(), kid_subsets=5)
+        alone.update(real, real=True)
+        alone.update(fake, real=False)
+        got, want = row.compute(), alone.compute()
+        assert got.fd == pytest.approx(want.fd, rel=1e-9) and got.kid == pytest.approx(want.kid, rel=1e-9)
+        assert (got.shapes_real, got.shapes_fake) == (12, len(fake))
+    assert row_a.compute().fd != pytest.approx(row_b.compute().fd)
+
+
 def test_too_few_images_is_a_data_error():
     dist = RenderDistance(colour_features())
     dist.update(flat_views(np.zeros((1, 1, 3))), real=True)

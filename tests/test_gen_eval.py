@@ -98,7 +98,7 @@ def test_parse_cfgs_and_config_checks():
         GenEvalConfig(seeds=0)
 
 
-def test_rows_class_accuracy_and_fd(evaluated):
+def test_rows_class_accuracy_fd_and_clip_score(setup, evaluated):
     pipe, result, _ = evaluated
     rep = result.report
     assert [r["cfg"] for r in result.rows] == [1.0, 2.0] and rep["rows"] == result.rows
@@ -112,6 +112,10 @@ def test_rows_class_accuracy_and_fd(evaluated):
         assert row["class_acc"] == pytest.approx(right / n)
         assert all(s["predicted"] == "chair" for s in samples if not s["failed"])
         assert row["fd"] is not None and row["fd"] > 0 and row["kid"] is not None
+        cos = np.array([s["text_sim"] for s in samples])  # CLIP score: the row is the mean over its samples
+        assert np.all(np.abs(cos) <= 1 + 1e-5) and len(set(np.round(cos, 6))) > 1
+        assert row["text_sim"] == pytest.approx(cos.mean())
+        assert row["clip_score"] == pytest.approx((100 * np.clip(cos, 0, None)).mean())
     assert result.rows[0]["failures"] < n  # the tiny bundle decodes surfaces
     assert rep["chance"] == pytest.approx(1 / 3) and rep["classifier_test_acc"] == 0.5
     assert rep["fd_network"] == "render-classifier" and rep["fd_metric"] == "FD-render-classifier"
@@ -119,6 +123,21 @@ def test_rows_class_accuracy_and_fd(evaluated):
     assert "below 500 shapes" in rep["fd_warning"]
     assert rep["settings"]["num_tokens"] == pipe.gpt_length and rep["settings"]["seeds"] == 2
     assert [p["category"] for p in rep["prompts"]] == ["chair", "chair", "lamp", "lamp", "widget", "widget"]
+
+    # the real reference line: each test shape's renders against the prompts of its own category
+    from lostcli.data.store import DatasetStore
+    from lostcli.eval.gen import TextRenderSimilarity
+
+    assert rep["text_network"] == pipe.text_encoder.tower.name
+    store = DatasetStore(setup[1])
+    sim = TextRenderSimilarity(pipe.text_encoder, [p["prompt"] for p in rep["prompts"]])
+    recs = store.records(split="test")
+    views = np.stack([store.load(r["id"], keys=["renders"])["renders"] for r in recs])
+    rows = [[i for i, p in enumerate(rep["prompts"]) if p["category"] == r["category"]] for r in recs]
+    img = torch.nn.functional.normalize(pipe.text_encoder.tower.forward_views(torch.from_numpy(views))[0], dim=-1)
+    manual = [float((img[b] @ sim.text[rows[b]].T).mean()) for b in range(len(recs))]
+    assert sim.score(views, rows) == pytest.approx(np.array(manual), abs=1e-6)
+    assert rep["real_text_sim"]["text_sim"] == pytest.approx(float(np.mean(manual)), abs=1e-6)
 
 
 def test_rows_differ_only_by_guidance_and_are_reproducible(setup, evaluated):
@@ -138,7 +157,8 @@ def test_report_files(evaluated):
     data = json.loads((out / "gen.json").read_text())
     assert data["rows"] == result.rows and data["command"] == "lost eval gen (test)"
     md = (out / "gen.md").read_text()
-    assert "| cfg | class acc | FD-render-classifier | KID (x10^3) | failures | n |" in md
+    assert "| cfg | class acc | FD-render-classifier | KID (x10^3) | CLIP score | text-render cos | failures | n |" in md
+    assert "| real test renders | - | - | - |" in md
     assert md == render_markdown(result.report) and "chance 0.333" in md and "Warning:" in md
     assert f"| 1 | {result.rows[0]['class_acc']:.3f} |" in md
     grid = Image.open(out / "gen_grid.png")

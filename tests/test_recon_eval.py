@@ -120,7 +120,11 @@ def test_recon_table_values(setup, tmp_path):
         assert 0.0 <= row["fscore_0.01"] <= row["fscore_0.02"] <= 1.0
         assert row["class_acc"] in (0.0, 1 / 3, 2 / 3, 1.0)
         assert -1.0 <= row["feature_sim"] <= 1.0 + 1e-6
+        assert row["fd"] is not None and row["fd"] >= 0.0 and row["kid"] is not None
     assert any(r["chamfer"] is not None for r in rep["rows"])
+    # FD/KID: the classifier's features (no local Inception), each row against the same real renders
+    assert rep["fd_network"] == "render-classifier" and rep["fd_metric"] == "FD-render-classifier"
+    assert "below 500 shapes" in rep["fd_warning"]
 
     # row statistics are the medians of the per-shape values stored beside them
     vae_row = rep["rows"][3]
@@ -149,6 +153,7 @@ def test_recon_table_values(setup, tmp_path):
 
     md = (tmp_path / "recon.md").read_text()
     assert "x10^-2" in md and "k = 8 (all)" in md and "mean latent (floor)" in md and "0.900" in md
+    assert "| FD-render-classifier | KID (x10^3) |" in md
     for name in ("1", "4", "8", "vae", "mean", "curve"):
         assert (tmp_path / f"recon_{name}.png").stat().st_size > 1000
 
@@ -163,6 +168,7 @@ def test_recon_is_deterministic_and_k_changes_the_decode(setup):
     # one token and all eight tokens condition the decoder differently: the decoded surfaces differ
     assert any(s["1"] != s["8"] for s in a.shapes)
     assert a.rows[0]["class_acc"] is None and a.report["chance"] is None
+    assert a.rows[0]["fd"] is None and a.report["fd_network"] is None  # no classifier, teacher or Inception
     assert a.files == []
 
 

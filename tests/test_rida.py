@@ -265,6 +265,15 @@ def test_cli_train_and_eval(store, tmp_path):
     md = (tmp_path / "report" / "retrieval.md").read_text()
     assert "| mAP@3 |" in md and "synthetic" in md and doc["teacher"] == "synthetic"
 
+    # `lost eval retrieval` is the same command: the same table from the same arguments
+    from lostcli.cli import eval as eval_cli
+
+    res = CliRunner().invoke(eval_cli.app, ["retrieval", "--rida", str(export), "--data", str(store), "--split", "test",
+                                            "--out", str(tmp_path / "again")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "again" / "retrieval.json").read_text())["rows"]
+    assert [r for r in again if r["method"] == "rida"] == [r for r in rows if r["method"] == "rida" and r["split"] == "test"]
+
 
 def test_cli_errors(store, tmp_path):
     with pytest.raises(ConfigError, match="rida.objective"):

@@ -1,4 +1,4 @@
-"""`lost eval ...`: the render classifier and the reconstruction table."""
+"""`lost eval ...`: the render classifier, the reconstruction, generation and retrieval tables."""
 
 from __future__ import annotations
 
@@ -59,13 +59,15 @@ def recon(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N shapes of the split.")] = None,
     points: Annotated[int, typer.Option("--points", help="Surface samples per mesh for Chamfer / F-score.")] = 100_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Shapes decoded together.")] = 8,
+    fd_network: Annotated[str, typer.Option("--fd-network", help="FD/KID features: auto, none, inception, classifier or a teacher spec (auto: Inception if local, else the classifier, else --teacher).")] = "auto",
     seed: SeedOpt = 0,
 ) -> None:
     """Reconstruction table: tokenize each shape, decode prefixes of k tokens, measure and classify.
 
     Rows per k, plus the shape VAE's own reconstruction ("vae", upper bound) and the dataset's mean latent
     decoded ("mean", floor): median Chamfer (raw, PROTOCOLS), median F-score, class accuracy of the
-    reconstructions' renders (beside the classifier's own test accuracy and chance). Writes OUT/recon.json,
+    reconstructions' renders (beside the classifier's own test accuracy and chance), feature similarity to the
+    real renders (--teacher) and FD / KID against them (--fd-network). Writes OUT/recon.json,
     OUT/recon.md, a PNG of a few decodes per row and a curve of each metric against k.
     Example: lost eval recon --model bundle --data prepared --tokens 1,4,16,all --classifier runs/cls --out reports/recon
     """
@@ -83,7 +85,7 @@ def recon(
         from ..models.teacher import load_teacher
         feat = load_teacher(teacher)
     cfg = ReconConfig(split=split, ks=parse_tokens(tokens), steps=steps, guidance=guidance, resolution=resolution,
-                      limit=limit, n_points=points, batch_size=batch_size, seed=seed)
+                      limit=limit, n_points=points, batch_size=batch_size, seed=seed, fd_network=fd_network)
     command = " ".join(["lost", *sys.argv[1:]])
     with _progress("recon", None) as tick:
         result = evaluate_recon(pipe, data, cfg, classifier=cls, teacher=feat, out_dir=out, command=command,
@@ -102,7 +104,8 @@ def _fmt(v: float | None, scale: float = 1.0) -> str:
 def row_line(row: dict) -> str:
     """One printed line per table row (CD x 10^-2 as the paper prints it)."""
     return (f"k={row['k']:>5}: CD x1e-2 {_fmt(row['chamfer'], 100)}  F@0.01 {_fmt(row['fscore_0.01'])}  "
-            f"class acc {_fmt(row['class_acc'])}  failures {row['failures']}/{row['n']}")
+            f"class acc {_fmt(row['class_acc'])}  feature sim {_fmt(row.get('feature_sim'))}  "
+            f"FD {_fmt(row.get('fd'))}  failures {row['failures']}/{row['n']}")
 
 
 @app.command("gen")
@@ -146,8 +149,19 @@ def gen(
     rep = result.report
     for row in result.rows:
         console.print(f"cfg {row['cfg']:g}: class acc {_fmt(row['class_acc'])}  {rep['fd_metric']} {_fmt(row['fd'])}  "
-                      f"KID {_fmt(row['kid'])}  failures {row['failures']}/{row['n']}")
+                      f"KID {_fmt(row['kid'])}  CLIP score {_fmt(row.get('clip_score'))}  "
+                      f"failures {row['failures']}/{row['n']}")
     if rep["fd_warning"]:
         err_console.print(f"warning: {rep['fd_warning']}", highlight=False)
     console.print(f"class accuracy: chance {_fmt(rep['chance'])}, the classifier's own test accuracy on real renders "
                   f"{_fmt(rep['classifier_test_acc'])} ({result.seconds:.0f} s) -> {out / 'gen.md'}, {out / 'gen.json'}")
+
+
+def _retrieval_command() -> None:
+    """`lost eval retrieval`: the same command as `lost rida eval` (one implementation, two names)."""
+    from .rida import evaluate
+
+    app.command("retrieval", help=(evaluate.__doc__ or "") + "\n\nSame as `lost rida eval`.")(evaluate)
+
+
+_retrieval_command()

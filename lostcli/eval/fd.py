@@ -222,7 +222,7 @@ class RenderDistance:
         self.kid_subset_size = kid_subset_size
         self.seed = seed
         self._feats: dict[bool, list[torch.Tensor]] = {True: [], False: []}  # per set: [V * B, D] chunks
-        self._shapes = {True: 0, False: 0}
+        self._shapes: dict[bool, list[int]] = {True: [], False: []}  # per set: shapes of each chunk
 
     def update(self, views: np.ndarray | torch.Tensor, real: bool) -> None:
         """Add shapes' renders: uint8 [B, V, H, W, 3] (or single images [N, H, W, 3], one shape each)."""
@@ -232,11 +232,18 @@ class RenderDistance:
         if x.dtype != torch.uint8 or x.dim() != 5 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 views [B, V, H, W, 3], got {x.dtype} {tuple(x.shape)}")
         self._feats[real].append(self.features(x.reshape(-1, *x.shape[2:])))
-        self._shapes[real] += x.shape[0]
+        self._shapes[real].append(x.shape[0])
+
+    def sharing_reference(self) -> RenderDistance:
+        """A new distance whose reference set IS this one's (later reference updates reach both) and whose
+        evaluated set is empty: several evaluated sets (one per table row) against one reference."""
+        other = RenderDistance(self.features, self.kid_subsets, self.kid_subset_size, self.seed)
+        other._feats[True], other._shapes[True] = self._feats[True], self._shapes[True]
+        return other
 
     def reset_fake(self) -> None:
         """Forget the evaluated set, keep the reference (evaluate several generated sets against one)."""
-        self._feats[False], self._shapes[False] = [], 0
+        self._feats[False], self._shapes[False] = [], []
 
     def compute(self) -> DistanceResult:
         """FD and KID between the two sets accumulated so far."""
@@ -244,13 +251,13 @@ class RenderDistance:
         fake = torch.cat(self._feats[False]) if self._feats[False] else torch.zeros(0, self.features.num_features)
         fd = frechet_distance(real, fake)
         kid, kid_std, size = kernel_distance(real, fake, self.kid_subsets, self.kid_subset_size, self.seed)
-        small = min(self._shapes[True], self._shapes[False])
+        n_real, n_fake = sum(self._shapes[True]), sum(self._shapes[False])
         warning = None
-        if small < FD_WARN_SHAPES:
-            warning = (f"{self.features.metric_name} from {self._shapes[False]} vs {self._shapes[True]} shapes: "
+        if min(n_real, n_fake) < FD_WARN_SHAPES:
+            warning = (f"{self.features.metric_name} from {n_fake} vs {n_real} shapes: "
                        f"below {FD_WARN_SHAPES} shapes FD is biased upwards; compare KID (unbiased)")
         return DistanceResult(fd=fd if math.isfinite(fd) else float("nan"), kid=kid, kid_std=kid_std,
                               network=self.features.name, metric=self.features.metric_name,
                               images_real=real.shape[0], images_fake=fake.shape[0],
-                              shapes_real=self._shapes[True], shapes_fake=self._shapes[False],
+                              shapes_real=n_real, shapes_fake=n_fake,
                               kid_subset_size=size, warning=warning)

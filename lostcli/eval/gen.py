@@ -10,7 +10,11 @@ scale: generate, decode, extract the mesh, render the 4 PROTOCOLS views and
   the prompt's category from the view-averaged logits; a sample with no surface counts as wrong. Reported
   beside the classifier's own test accuracy on real renders and chance;
 - FD / KID (`eval/fd.py`) of the generated renders against the split's real renders (4 views per shape),
-  with the feature network named ("FD-<network>"; FID only with local Inception weights).
+  with the feature network named ("FD-<network>"; FID only with local Inception weights);
+- text-render similarity ("CLIP score"): cosine of the conditioning text tower's prompt embedding with the
+  same CLIP model's image embedding of each of the 4 views, averaged over views and samples; `clip_score` is
+  100 x max(cos, 0) averaged (the torchmetrics convention). The "real" reference line scores the split's
+  real renders against the prompts of their own category.
 
 Every row uses the same prompts and the same seeds (prompt chunk c draws with seed + c), so rows differ
 only by the guidance scale.
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.render import save_grid
 from ..data.store import DatasetStore, atomic_write_json
@@ -127,14 +132,49 @@ def views_tile(views: np.ndarray, size: int = 112) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _reference(store: DatasetStore, records: list[dict], dist: RenderDistance, batch: int = 32) -> int:
-    """Feed the split's real renders to `dist` as the reference set; returns their size S."""
-    size = 0
+class TextRenderSimilarity:
+    """Cosine of prompt embeddings (the conditioning text tower) with view embeddings (its CLIP image tower).
+
+    Args:
+        text_encoder: a `models.text.TextEncoder` whose `tower` holds both towers (built-in or OpenCLIP).
+        prompts: the evaluated prompts; `score(views, rows)` takes indices into them.
+    """
+
+    def __init__(self, text_encoder, prompts: list[str]) -> None:
+        self.tower = text_encoder.tower
+        self.name = self.tower.name
+        self.text = text_encoder.encode(prompts).float().cpu()  # [P, D], L2-normalised
+
+    @torch.no_grad()
+    def score(self, views: np.ndarray, prompt_rows: list[list[int]]) -> np.ndarray:
+        """uint8 views [B, V, H, W, 3], prompt indices per shape -> cosine [B] (mean over views and prompts)."""
+        img = self.tower.forward_views(torch.from_numpy(np.ascontiguousarray(views)))[0].float().cpu()  # [B, V, D]
+        img = torch.nn.functional.normalize(img, dim=-1)
+        return np.array([float((img[b] @ self.text[rows].T).mean()) for b, rows in enumerate(prompt_rows)])
+
+
+def clip_summary(cosines: list[float]) -> dict:
+    """{"text_sim": mean cosine, "clip_score": mean of 100 x max(cos, 0)} (None when empty)."""
+    if not cosines:
+        return {"text_sim": None, "clip_score": None}
+    c = np.asarray(cosines, dtype=np.float64)
+    return {"text_sim": _num(c.mean()), "clip_score": _num((100.0 * np.clip(c, 0.0, None)).mean())}
+
+
+def _reference(store: DatasetStore, records: list[dict], dist: RenderDistance, sim: TextRenderSimilarity | None,
+               by_category: dict[str, list[int]], batch: int = 32) -> tuple[int, list[float]]:
+    """Feed the split's real renders to `dist` as the reference set and score them against their category's
+    prompts; returns (render size S, per-shape cosines)."""
+    size, cosines = 0, []
     for start in range(0, len(records), batch):
-        renders = np.stack([store.load(r["id"], keys=["renders"])["renders"] for r in records[start:start + batch]])
+        chunk = records[start:start + batch]
+        renders = np.stack([store.load(r["id"], keys=["renders"])["renders"] for r in chunk])
         dist.update(renders, real=True)  # [B, 4, S, S, 3]
         size = int(renders.shape[2])
-    return size
+        keep = [i for i, r in enumerate(chunk) if r.get("category") in by_category]
+        if sim is not None and keep:
+            cosines += sim.score(renders[keep], [by_category[chunk[i]["category"]] for i in keep]).tolist()
+    return size, cosines
 
 
 def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedClassifier | None = None,
@@ -166,7 +206,11 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
     features = feature_network(cfg.fd_network, classifier.model if classifier is not None else None,
                                device=pipe.device)
     dist = RenderDistance(features, kid_subsets=cfg.kid_subsets, seed=cfg.seed)
-    real_size = _reference(store, records, dist)
+    sim = TextRenderSimilarity(pipe.text_encoder, [p for _, p in items])
+    by_category: dict[str, list[int]] = {}
+    for i, (c, _) in enumerate(items):
+        by_category.setdefault(c, []).append(i)
+    real_size, real_cos = _reference(store, records, dist, sim, by_category)
     size = cfg.render_size or real_size
     grid_cats = list(dict.fromkeys(c for c, _ in items))  # one tile per category and row: draw 0 of its first prompt
     first_prompt = {c: i for i, (c, _) in reversed(list(enumerate(items)))}
@@ -176,7 +220,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
     total = len(chunks) * len(cfg.cfgs)
     for gi, g in enumerate(cfg.cfgs):
         dist.reset_fake()
-        hits, failures, n = [], 0, 0
+        hits, failures, n, cosines = [], 0, 0, []
         row_tiles: dict[str, tuple[np.ndarray, str]] = {}
         for ci, start in enumerate(chunks):
             chunk = items[start:start + cfg.batch_size]
@@ -186,6 +230,8 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
                                 resolution=cfg.resolution, decode_steps=cfg.decode_steps)
             views = np.stack([_render(m, size) for m in res.meshes])  # [B, 4, S, S, 3], B = len(chunk) * seeds
             dist.update(views, real=False)
+            cos = sim.score(views, [[start + b // cfg.seeds] for b in range(len(res.meshes))])
+            cosines += cos.tolist()
             pred = (shape_probabilities(classify_views(classifier.model, views)).argmax(dim=-1).numpy()
                     if classifier is not None else None)
             for b, mesh in enumerate(res.meshes):
@@ -195,7 +241,8 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
                 if labels is not None and labels[p] >= 0:
                     hits.append(bool(not failed and pred[b] == labels[p]))
                 samples.append({"cfg": g, "prompt": items[p][1], "category": cat, "draw": b % cfg.seeds,
-                                "seed": cfg.seed + start, "failed": failed, "predicted": guess})
+                                "seed": cfg.seed + start, "failed": failed, "predicted": guess,
+                                "text_sim": float(cos[b])})
                 failures += failed
                 n += 1
                 if p == first_prompt[cat] and b % cfg.seeds == 0:
@@ -207,7 +254,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
         rows.append({"cfg": g, "class_acc": _num(np.mean(hits)) if hits else None, "fd": _num(d.fd),
                      "kid": _num(d.kid) if d.kid is not None else None, "n": n,
                      "kid_std": _num(d.kid_std) if d.kid_std is not None else None, "class_n": len(hits),
-                     "failures": failures})
+                     **clip_summary(cosines), "failures": failures})
         for cat in grid_cats:
             tile, label = row_tiles[cat]
             tiles.append(tile)
@@ -223,12 +270,15 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
         "fd_network": features.name,
         "fd_metric": features.metric_name,
         "fd_warning": d.warning,
+        "text_network": sim.name,
+        "real_text_sim": clip_summary(real_cos),
         "reference": {"split": cfg.split, "shapes": d.shapes_real, "images": d.images_real,
                       "render_size": real_size},
         "kid_subset_size": d.kid_subset_size,
         "command": command,
         "protocol": "PROTOCOLS.md Generation: class accuracy of the 4-view render classifier (a sample with no "
-                    "surface counts as wrong); FD/KID of generated vs real renders, 4 views per shape",
+                    "surface counts as wrong); FD/KID of generated vs real renders, 4 views per shape; "
+                    "text-render similarity of the conditioning CLIP model (clip_score = 100 x max(cos, 0))",
         "model_id": pipe.model_id,
         "settings": {"prompts_per_category": cfg.prompts_per_category, "seeds": cfg.seeds, "seed": cfg.seed,
                      "prompt_seed": cfg.prompt_seed, "num_tokens": cfg.num_tokens or pipe.gpt_length,
@@ -272,20 +322,27 @@ def render_markdown(report: dict) -> str:
         f"decoder {s['decode_steps']} steps, marching cubes at {s['resolution']}^3, seeds from {s['seed']}; "
         f"reference: {ref['shapes']} {ref['split']} shapes ({ref['images']} renders).",
         "",
-        f"| cfg | class acc | {metric} | KID (x10^3) | failures | n |",
-        "|---|---|---|---|---|---|",
+        f"| cfg | class acc | {metric} | KID (x10^3) | CLIP score | text-render cos | failures | n |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         kid = "-" if r["kid"] is None else f"{r['kid'] * 1e3:.2f} +- {(r['kid_std'] or 0) * 1e3:.2f}"
         lines.append(f"| {r['cfg']:g} | {_cell(r['class_acc'])} | {_cell(r['fd'])} | {kid} | "
+                     f"{_cell(r.get('clip_score'), digits=2)} | {_cell(r.get('text_sim'))} | "
                      f"{r['failures']}/{r['n']} | {r['n']} |")
+    real = report.get("real_text_sim") or {}
+    lines.append(f"| real {ref['split']} renders | - | - | - | {_cell(real.get('clip_score'), digits=2)} | "
+                 f"{_cell(real.get('text_sim'))} | - | {ref['shapes']} |")
     lines += ["", f"- Class accuracy: render classifier `{report['classifier']}` on the 4 views of each sample "
               f"(view-averaged logits) against the prompt's category; its own test accuracy on real renders "
               f"{_cell(report['classifier_test_acc'])} per shape; chance {_cell(report['chance'])}. "
               "A sample with no surface counts as wrong.",
               f"- {metric}: Frechet distance between Gaussian fits of {report['fd_network']} features of all "
               f"generated renders vs the {ref['split']} split's real renders (torchmetrics); KID over "
-              f"{report['kid_subset_size']}-image subsets."]
+              f"{report['kid_subset_size']}-image subsets.",
+              f"- CLIP score: {report.get('text_network')} (the conditioning text tower and its image tower): "
+              "100 x max(cos, 0) of prompt vs view embeddings, averaged over the 4 views and the samples; the "
+              "'real' line scores real renders against their own category's prompts."]
     if report.get("fd_warning"):
         lines.append(f"- Warning: {report['fd_warning']}.")
     lines += [f"- Model {report['model_id'][:12]}. Command: `{report['command']}`", ""]

@@ -3,9 +3,10 @@
 For every shape of a split: tokenize its stored unit-frame surface samples (all R tokens), decode the first
 k tokens for each requested k (batched over shapes, one seeded noise per batch shared by every k), extract
 the mesh, and measure it against the stored ground-truth mesh: Chamfer distance and F-score (RAW values,
-100k points per surface, GT frame), the render classifier's category accuracy on its 4 views, and,
-when a feature network is given, the per-view cosine similarity of its global embeddings to the real
-renders. Two reference rows come with every table: "vae" (the shape VAE's own reconstruction, the upper
+100k points per surface, GT frame), the render classifier's category accuracy on its 4 views, when a
+feature network is given the per-view cosine similarity of its global embeddings to the real renders, and
+per row the Frechet distance / KID of all reconstructions' renders against the real renders of the same
+shapes (`eval/fd.py`, the network named). Two reference rows come with every table: "vae" (the shape VAE's own reconstruction, the upper
 bound) and "mean" (the decoded mean latent of the train split, the "no information" floor).
 
 Row statistics: Chamfer is the median over reconstructions that have a surface (failures are counted in
@@ -30,7 +31,8 @@ from ..data.render import render_views, save_grid
 from ..data.store import DatasetStore, atomic_write_json
 from ..errors import ConfigError, DataError
 from .classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
-from .geometry import N_POINTS, failed_metrics, point_metrics, surface_points
+from .fd import FD_WARN_SHAPES, RenderDistance, RenderFeatures, feature_network, local_inception_weights, teacher_features
+from .geometry import N_POINTS, failed_metrics, point_metrics, surface_points, surface_tree
 
 REFERENCE_ROWS = ("vae", "mean")
 
@@ -49,6 +51,7 @@ class ReconConfig:
     render_size: int | None = None  # reconstruction renders; None: the size of the stored (real) renders
     grid: int = 6  # shapes shown in each row's PNG
     mean_items: int = 256  # train shapes averaged into the mean latent (evenly spaced)
+    fd_network: str = "auto"  # FD/KID features: "auto", "none", "inception", "classifier" or a teacher spec
 
 
 @dataclass
@@ -123,9 +126,11 @@ class _Row:
         self.sims: list[float] = []  # feature similarity per shape
         self.tiles: list[np.ndarray] = []  # preview tiles (first `grid` shapes)
         self.labels: list[str] = []  # one caption per tile
+        self.distance: RenderDistance | None = None  # this row's renders against the real ones
 
     def summary(self) -> dict:
         ok = [m["chamfer"] for m in self.metrics if not m["failed"]]
+        d = self.distance.compute() if self.distance is not None else None
         return {
             "k": self.name,
             "chamfer": _num(np.median(ok)) if ok else None,
@@ -135,6 +140,9 @@ class _Row:
             "class_acc": _num(np.mean(self.hits)) if self.hits else None,
             "class_n": len(self.hits),  # shapes whose category the classifier knows
             "feature_sim": _num(np.mean(self.sims)) if self.sims else None,
+            "fd": _num(d.fd) if d is not None else None,
+            "kid": _num(d.kid) if d is not None and d.kid is not None else None,
+            "kid_std": _num(d.kid_std) if d is not None and d.kid_std is not None else None,
             "failures": sum(m["failed"] for m in self.metrics),
             "n": len(self.metrics),
         }
@@ -146,10 +154,21 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _metrics(mesh: trimesh.Trimesh | None, gt_points: np.ndarray, n: int, seed: int) -> dict:
+def distance_network(spec: str, classifier: LoadedClassifier | None, teacher=None) -> RenderFeatures | None:
+    """The FD/KID network of a reconstruction table: `spec` as `eval.fd.feature_network`, except that
+    "none" measures no FD and "auto" without Inception weights and without a classifier falls back to the
+    similarity teacher (if any, else no FD)."""
+    if spec == "none":
+        return None
+    if spec == "auto" and local_inception_weights() is None and classifier is None:
+        return teacher_features(teacher) if teacher is not None else None
+    return feature_network(spec, classifier.model if classifier is not None else None)
+
+
+def _metrics(mesh: trimesh.Trimesh | None, gt_points: np.ndarray, n: int, seed: int, gt_tree=None) -> dict:
     if mesh is None or len(mesh.faces) == 0 or mesh.area <= 0:
         return failed_metrics().as_dict()
-    return point_metrics(surface_points(mesh, n, seed), gt_points).as_dict()
+    return point_metrics(surface_points(mesh, n, seed), gt_points, gt_tree=gt_tree).as_dict()
 
 
 def _render(mesh: trimesh.Trimesh | None, size: int) -> np.ndarray:
@@ -194,6 +213,10 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
     vae, n_enc = pipe.vae, pipe.num_points
     # same cameras, shading and size as the stored ground-truth renders (PROTOCOLS "Renders")
     size = cfg.render_size or int(store.load(records[0]["id"], keys=["renders"])["renders"].shape[1])
+    features = distance_network(cfg.fd_network, classifier, teacher)
+    reference = RenderDistance(features, seed=cfg.seed) if features is not None else None
+    for row in rows.values():
+        row.distance = reference.sharing_reference() if reference is not None else None
 
     # the floor: one mesh for every shape
     z_mean, mean_info = mean_latent(store, vae, n_enc, cfg.mean_items)
@@ -223,14 +246,17 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
 
         gt_renders = np.stack([a["renders"] for a in arrays])  # [B, 4, H, W, 3] real renders
         gt_feat = teacher.forward_views(torch.from_numpy(gt_renders))[0] if teacher is not None else None
+        if reference is not None:
+            reference.update(gt_renders, real=True)
         rendered: dict[int | str, np.ndarray] = {}
         per_shape = [{"id": r["id"], "category": r.get("category")} for r in chunk]
         for i, a in enumerate(arrays):
             gt = trimesh.Trimesh(a["mesh_vertices"], a["mesh_faces"], process=False)
             gt_pts = surface_points(gt, cfg.n_points, cfg.seed + 1)
+            gt_tree = surface_tree(gt_pts)  # one tree per ground truth, queried by every row
             for name in [*ks, "vae"]:
-                per_shape[i][str(name)] = _metrics(meshes[name][i], gt_pts, cfg.n_points, cfg.seed)
-            per_shape[i]["mean"] = (point_metrics(mean_pts, gt_pts).as_dict() if mean_pts is not None
+                per_shape[i][str(name)] = _metrics(meshes[name][i], gt_pts, cfg.n_points, cfg.seed, gt_tree)
+            per_shape[i]["mean"] = (point_metrics(mean_pts, gt_pts, gt_tree=gt_tree).as_dict() if mean_pts is not None
                                     else failed_metrics().as_dict())
         for name in [*ks, "vae"]:
             rendered[name] = np.stack([_render(m, size) for m in meshes[name]])  # [B, 4, S, S, 3]
@@ -240,6 +266,8 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
             imgs = rendered[name]
             for i in range(len(chunk)):
                 row.metrics.append(per_shape[i][str(name)])
+            if row.distance is not None:
+                row.distance.update(imgs, real=False)
             if classifier is not None:
                 logits = mean_logits.expand(len(chunk), -1, -1) if name == "mean" else classify_views(classifier.model, imgs)
                 pred = shape_probabilities(logits).argmax(dim=-1).numpy()  # [B]
@@ -275,6 +303,10 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
         "classifier_test_acc_per_view": float(test_eval["per_view_acc"]) if test_eval else None,
         "classifier": str(classifier.path) if classifier is not None else None,
         "feature_network": getattr(teacher, "name", None),
+        "fd_network": features.name if features is not None else None,
+        "fd_metric": features.metric_name if features is not None else None,
+        "fd_warning": (f"FD from {len(records)} shapes per set: below {FD_WARN_SHAPES} shapes FD is biased upwards; "
+                       "compare KID (unbiased)") if features is not None and len(records) < FD_WARN_SHAPES else None,
         "command": command,
         "protocol": "PROTOCOLS.md reconstruction table; chamfer is RAW (multiply by 100 for the paper's x10^-2 "
                     "figure); medians over shapes (chamfer over non-failed reconstructions)",
@@ -296,8 +328,8 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
 # ----------------------------------------------------------------------------------------------------
 
 
-def _cell(v: float | None, scale: float = 1.0) -> str:
-    return "-" if v is None else f"{v * scale:.3f}"
+def _cell(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "-" if v is None else f"{v * scale:.{digits}f}"
 
 
 def _row_label(k: int | str, num_tokens: int) -> str:
@@ -319,19 +351,26 @@ def render_markdown(report: dict) -> str:
         f"{s['points_per_surface']} surface points per mesh; {s['steps']} {s['scheduler']} steps, guidance "
         f"{s['guidance']}, marching cubes at {s['resolution']}^3, seed {s['seed']}.",
         "",
-        "| row | median CD (x10^-2) | mean CD (x10^-2) | median F@0.01 | median F@0.02 | class acc | feature sim | failures |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| row | median CD (x10^-2) | mean CD (x10^-2) | median F@0.01 | median F@0.02 | class acc | feature sim | "
+        f"{report.get('fd_metric') or 'FD'} | KID (x10^3) | failures |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(f"| {_row_label(r['k'], R)} | {_cell(r['chamfer'], 100)} | {_cell(r['chamfer_mean'], 100)} | "
                      f"{_cell(r['fscore_0.01'])} | {_cell(r['fscore_0.02'])} | {_cell(r['class_acc'])} | "
-                     f"{_cell(r['feature_sim'])} | {r['failures']}/{r['n']} |")
+                     f"{_cell(r['feature_sim'])} | {_cell(r.get('fd'))} | {_cell(r.get('kid'), 1e3, 2)} | "
+                     f"{r['failures']}/{r['n']} |")
     lines += ["", f"- Class accuracy: render classifier `{report['classifier']}` on the 4 views of each "
               f"reconstruction (shape-level, view-averaged logits); its own test accuracy on real renders: "
               f"{_cell(report['classifier_test_acc'])} per shape, {_cell(report['classifier_test_acc_per_view'])} "
               f"per view; chance {_cell(report['chance'])}. A failed reconstruction counts as wrong.",
               f"- Feature similarity: {report['feature_network'] or 'not measured (no --teacher)'} "
               "(per-view cosine of global embeddings, reconstruction vs real render, averaged over views and shapes).",
+              (f"- {report['fd_metric']}: Frechet distance between Gaussian fits of {report['fd_network']} features "
+               "of each row's renders (4 views per shape) vs the real renders of the same shapes (torchmetrics); "
+               "KID: unbiased polynomial-kernel MMD over random subsets."
+               + (f" Warning: {report['fd_warning']}." if report.get("fd_warning") else ""))
+              if report.get("fd_network") else "- FD / KID: not measured (no feature network).",
               f"- Mean latent: average of {report['mean_latent']['shapes']} {report['mean_latent']['split']} shapes' "
               "latents encoded by the bundle's VAE, decoded once.",
               f"- Model {report['model_id'][:12]}, R = {R}. Command: `{report['command']}`", ""]
@@ -364,13 +403,16 @@ def plot_curves(report: dict, path: Path) -> Path:
     by_k = [r for r in rows if isinstance(r["k"], int)]
     refs = {r["k"]: r for r in rows if r["k"] in REFERENCE_ROWS}
     metrics = [("chamfer", 100.0, "median CD (x10^-2)"), ("fscore_0.01", 1.0, "median F@0.01"),
-               ("class_acc", 1.0, "class accuracy")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+               ("class_acc", 1.0, "class accuracy"), ("feature_sim", 1.0, f"feature sim ({report.get('feature_network')})"),
+               ("fd", 1.0, report.get("fd_metric") or "FD")]
+    metrics = [m for m in metrics if any(r.get(m[0]) is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
+    axes = axes[0]
     for ax, (key, scale, label) in zip(axes, metrics):
-        xs = [r["k"] for r in by_k if r[key] is not None]
-        ax.plot(xs, [r[key] * scale for r in by_k if r[key] is not None], "o-", color="C0", label="LoST prefix")
+        xs = [r["k"] for r in by_k if r.get(key) is not None]
+        ax.plot(xs, [r[key] * scale for r in by_k if r.get(key) is not None], "o-", color="C0", label="LoST prefix")
         for (name, ref), color in zip(refs.items(), ("C2", "C3")):
-            if ref[key] is not None:
+            if ref.get(key) is not None:
                 ax.axhline(ref[key] * scale, ls="--", color=color, label=name)
         if key == "class_acc" and report.get("chance") is not None:
             ax.axhline(report["chance"], ls=":", color="grey", label="chance")
