@@ -104,7 +104,7 @@ def test_recon_table_values(setup, tmp_path):
                                             text_layers=1, text_heads=2)).eval()
     cfg = ReconConfig(ks=[1, 4, "all"], steps=2, guidance=2.0, resolution=16, n_points=POINTS, batch_size=2, grid=2)
     ticks = []
-    res = evaluate_recon(pipe, data, cfg, classifier=load_classifier(cls_dir), teacher=teacher, out_dir=tmp_path,
+    evaluate_recon(pipe, data, cfg, classifier=load_classifier(cls_dir), teacher=teacher, out_dir=tmp_path,
                          command="lost eval recon ...", progress=lambda d, t, label: ticks.append((d, t)))
     assert ticks == [(2, 3), (3, 3)]
     rep = json.loads((tmp_path / "recon.json").read_text())
@@ -169,6 +169,9 @@ def test_recon_is_deterministic_and_k_changes_the_decode(setup):
     assert any(s["1"] != s["8"] for s in a.shapes)
     assert a.rows[0]["class_acc"] is None and a.report["chance"] is None
     assert a.rows[0]["fd"] is None and a.report["fd_network"] is None  # no classifier, teacher or Inception
+    every = evaluate_recon(pipe, data, ReconConfig(split="all", ks=[1], steps=2, resolution=16, n_points=200,
+                                                   batch_size=6, fd_network="none"))
+    assert every.report["n"] == 6 and [s["id"] for s in every.shapes][:2] == ["ball-1", "ball-4"]
     assert a.files == []
 
 

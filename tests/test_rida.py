@@ -185,6 +185,29 @@ def test_zero_weight_removes_a_term():
     assert abs(float(full["loss"]) - expected - float(full["l_rank"])) < 1e-3
 
 
+def test_input_noise_and_dropout_act_in_training_only():
+    z, glob, patches = _synthetic(8, seed=3)
+    batch = {"z": z, "global": glob, "patches": patches}
+    torch.manual_seed(0)
+    plain = RidaTask(build_student("rida_tiny", **TINY), RidaLossConfig())
+    noisy = RidaTask(plain.student, RidaLossConfig(input_noise=0.5))
+    with torch.no_grad():
+        base = float(plain.train()(batch)["loss"])
+        a, b = float(noisy.train()(batch)["loss"]), float(noisy(batch)["loss"])
+        assert a != b and base != a  # fresh noise each call, none without input_noise
+        assert float(noisy.eval()(batch)["loss"]) == pytest.approx(float(plain.eval()(batch)["loss"]))
+    dropped = build_student("rida_tiny", **TINY, dropout=0.5)
+    dropped.load_state_dict(plain.student.state_dict())  # dropout adds no parameters
+    x = dropped.normalize(z)
+    with torch.no_grad():
+        assert not torch.equal(dropped.train()(x)[0], dropped(x)[0])
+        assert torch.equal(dropped.eval()(x)[0], plain.student.eval()(x)[0])
+    with pytest.raises(ConfigError, match="input_noise"):
+        RidaTask(plain.student, RidaLossConfig(input_noise=-1.0))
+    with pytest.raises(ConfigError, match="dropout"):
+        build_student("rida_tiny", **TINY, dropout=1.0)
+
+
 # -- a tiny store and the CLI -------------------------------------------------------------------------
 
 

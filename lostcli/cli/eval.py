@@ -49,7 +49,7 @@ def recon(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle (lost tokenizer export).")],
     data: DataOpt,
     out: OutOpt,
-    split: Annotated[str, typer.Option("--split", help="Dataset split to reconstruct.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="Dataset split to reconstruct ('all': every item).")] = "test",
     tokens: Annotated[str, typer.Option("--tokens", help="Prefix lengths k, comma-separated; 'all' = every register.")] = "1,4,16,all",
     classifier_dir: ClassifierOpt = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help="Feature network for render similarity (a teacher spec, see lost teacher eval).")] = None,

@@ -39,7 +39,7 @@ REFERENCE_ROWS = ("vae", "mean")
 
 @dataclass
 class ReconConfig:
-    split: str = "test"  # dataset split to reconstruct
+    split: str = "test"  # dataset split to reconstruct; "all": every item (e.g. a folder of your own meshes)
     ks: list[int | str] = field(default_factory=lambda: [1, 4, 16, "all"])  # prefix lengths; "all" = R
     steps: int = 25  # decoder sampling steps
     guidance: float = 3.0  # classifier-free guidance scale
@@ -203,7 +203,7 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
     """
     t0 = time.time()
     store = DatasetStore(Path(root))
-    records = store.records(split=cfg.split)[: cfg.limit or None]
+    records = store.records(split=None if cfg.split == "all" else cfg.split)[: cfg.limit or None]
     if not records:
         raise DataError(f"{root}: no items in split {cfg.split!r}")
     ks = resolve_ks(cfg.ks, pipe.num_tokens)

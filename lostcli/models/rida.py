@@ -53,30 +53,32 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear."""
+    """Linear -> GELU -> (dropout) -> Linear."""
 
-    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
+    def __init__(self, dim: int, hidden: int, out: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, out or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-LN transformer block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x)))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
 
 def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
@@ -110,10 +112,13 @@ class RidaConfig:
     mlp_ratio: float = 4.0  # MLP hidden width / width
     out_dim: int = 128  # D_out of the global embedding and of every spatial token
     head: str = "mlp"  # global projection head: "mlp" (Linear-GELU-Linear) or "linear" (regression baseline)
+    dropout: float = 0.0  # dropout in the blocks (residual branches and MLP hidden), training only
 
     def __post_init__(self) -> None:
         if self.plane_res % self.patch_size:
             raise ConfigError(f"patch_size: {self.patch_size} does not divide plane_res {self.plane_res}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.head not in ("mlp", "linear"):
             raise ConfigError(f"head: {self.head!r} is not one of ['mlp', 'linear']")
         for name in ("latent_channels", "plane_res", "planes", "patch_size", "width", "depth", "heads", "out_dim"):
@@ -149,7 +154,7 @@ class RidaStudent(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.register_buffer("pos_embed", sincos_2d(cfg.width, cfg.grid, cfg.grid), persistent=False)  # [h*w, D]
         self.plane_embed = nn.Parameter(torch.zeros(cfg.planes, cfg.width))  # which plane a token is on
-        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width)
         if cfg.head == "mlp":
             self.global_head: nn.Module = Mlp(cfg.width, cfg.width, cfg.out_dim)

@@ -67,6 +67,7 @@ class RidaLossConfig:
     rank_reduce: str = "sum"  # "sum" over the n-1 entries of a row (eq. 2 as printed) or "mean"
     spatial_temperature: float = 0.1  # softmax temperature of the K x K affinity rows (cosines in [-1, 1])
     gather: bool = True  # under DDP, compute the batch losses over the batch gathered from every process
+    input_noise: float = 0.0  # training only: std of Gaussian noise added to the normalised latents (augmentation)
 
 
 @dataclass
@@ -89,6 +90,7 @@ def check_loss_config(cfg: RidaLossConfig) -> None:
         ("rida.w_global", cfg.w_global >= 0, "must be >= 0"),
         ("rida.w_rank", cfg.w_rank >= 0, "must be >= 0"),
         ("rida.w_spatial", cfg.w_spatial >= 0, "must be >= 0"),
+        ("rida.input_noise", cfg.input_noise >= 0, "must be >= 0"),
         ("rida", cfg.w_global + cfg.w_rank + cfg.w_spatial > 0, "at least one loss weight must be > 0"),
     ]
     for path, ok, msg in checks:
@@ -305,6 +307,8 @@ class RidaTask(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z = self.student.normalize(batch["z"])  # [B, C, H, W]
+        if self.training and self.cfg.input_noise > 0:  # torch RNG: restored exactly on --resume
+            z = z + self.cfg.input_noise * torch.randn_like(z)
         g_s, tokens = self.student.forward_features(z)  # [B, D], [B, N, D]
         patches = batch["patches"]  # [B, V, g, g, Dt]
         B, V, g = patches.shape[:3]
