@@ -105,7 +105,7 @@ def test_recon_table_values(setup, tmp_path):
     cfg = ReconConfig(ks=[1, 4, "all"], steps=2, guidance=2.0, resolution=16, n_points=POINTS, batch_size=2, grid=2)
     ticks = []
     evaluate_recon(pipe, data, cfg, classifier=load_classifier(cls_dir), teacher=teacher, out_dir=tmp_path,
-                         command="lost eval recon ...", progress=lambda d, t, label: ticks.append((d, t)))
+                   command="lost eval recon ...", progress=lambda d, t, label: ticks.append((d, t)))
     assert ticks == [(2, 3), (3, 3)]
     rep = json.loads((tmp_path / "recon.json").read_text())
     assert [r["k"] for r in rep["rows"]] == [1, 4, 8, "vae", "mean"]
