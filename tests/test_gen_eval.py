@@ -189,6 +189,26 @@ def test_cli_eval_gen_and_errors(setup, tmp_path, capsys):
                        "--out", tmp_path / "r4")
     assert code == 2 and "--classifier" in one_error(err)
 
+    # --prompts FILE (the form, with --ref): a graded line, an ungraded one, comments skipped
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# my prompts\nchair\ta wooden chair\n\na brass telescope\n")
+    code, out, err = cli(capsys, "eval", "gen", "--model", bundle, "--prompts", prompts, "--ref", data, "--cfg", "1",
+                         "--classifier", cls, "--seeds", 2, "--resolution", 16, "--fd-network", "classifier",
+                         "--out", tmp_path / "r5")
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r5" / "gen.json").read_text())
+    assert rep["prompts"] == [{"category": "chair", "prompt": "a wooden chair"},
+                              {"category": None, "prompt": "a brass telescope"}]
+    row = rep["rows"][0]
+    assert row["n"] == 4 and row["class_n"] == 2  # only the chair prompt's draws are graded
+    assert row["class_acc"] == pytest.approx(sum(not s["failed"] for s in rep["samples"][:2]) / 2)
+    assert row["clip_score"] is not None
+    for text, why in (("", "no prompts"), ("chair\t  \n", "empty prompt")):
+        prompts.write_text(text)
+        code, _, err = cli(capsys, "eval", "gen", "--model", bundle, "--prompts", prompts, "--ref", data,
+                           "--out", tmp_path / "r6")
+        assert code == 2 and why in one_error(err) and str(prompts) in err
+
 
 def test_missing_generator_fails_before_work(setup, tmp_path):
     bundle, data, cls = setup

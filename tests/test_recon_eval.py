@@ -89,6 +89,7 @@ def setup(tmp_path_factory):
 def test_parse_and_resolve_tokens():
     assert parse_tokens("1, 4,16,all") == [1, 4, 16, "all"]
     assert resolve_ks([4, "all", 1, 8, 4], 8) == [1, 4, 8]
+    assert resolve_ks([1, 4, 16, 64, "all"], 8) == [1, 4, 8]  # the paper's list on a model with R < 64
     for bad in ("", "0", "1,x", "-2"):
         with pytest.raises(ConfigError):
             parse_tokens(bad)
@@ -187,7 +188,7 @@ def test_cli_recon(setup, tmp_path, capsys):
             code = e.code
         return code, *capsys.readouterr()
 
-    code, stdout, err = run("eval", "recon", "--model", bundle, "--data", data, "--tokens", "2,all",
+    code, stdout, err = run("eval", "recon", "--model", bundle, "--data", data, "--tokens", "2,64,all",
                             "--classifier", cls_dir, "--out", out, "--steps", "2", "--resolution", "16",
                             "--points", "500", "--limit", "2")
     assert code == 0, err
@@ -195,6 +196,7 @@ def test_cli_recon(setup, tmp_path, capsys):
     assert [r["k"] for r in rep["rows"]] == [2, 8, "vae", "mean"]
     assert rep["command"].startswith("lost ") and rep["settings"]["steps"] == 2
     assert "k=    2" in stdout and "chance 0.333" in stdout
+    assert rep["dropped_ks"] == [64] and "k = 64 skipped" in err and "k = 64 (longer than R = 8)" in (out / "recon.md").read_text()
     code, _, err = run("eval", "recon", "--model", bundle, "--data", data, "--tokens", "64", "--out", out)
     assert code == 2 and err.count("\n") == 1 and "1..8" in err
     code, _, err = run("eval", "recon", "--model", tmp_path, "--data", data, "--out", out)

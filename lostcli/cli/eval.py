@@ -90,9 +90,12 @@ def recon(
     with _progress("recon", None) as tick:
         result = evaluate_recon(pipe, data, cfg, classifier=cls, teacher=feat, out_dir=out, command=command,
                                 progress=tick)
+    rep = result.report
+    if rep["dropped_ks"]:
+        err_console.print(f"note: k = {', '.join(map(str, rep['dropped_ks']))} skipped: the model has R = "
+                          f"{rep['num_tokens']} tokens", highlight=False)
     for row in result.rows:
         console.print(row_line(row))
-    rep = result.report
     console.print(f"class accuracy: chance {_fmt(rep['chance'])}, the classifier's own test accuracy on real renders "
                   f"{_fmt(rep['classifier_test_acc'])} ({result.seconds:.0f} s) -> {out / 'recon.md'}, {out / 'recon.json'}")
 
@@ -111,9 +114,10 @@ def row_line(row: dict) -> str:
 @app.command("gen")
 def gen(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle with gpt/ and text_encoder/ (lost gpt export).")],
-    data: DataOpt,
+    data: Annotated[Path, typer.Option("--ref", "--data", "-d", help="Reference: a prepared dataset (its split's renders; its categories are prompted unless --prompts).")],
     out: OutOpt,
     split: Annotated[str, typer.Option("--split", help="Split whose categories are prompted and whose renders are the FD reference.")] = "test",
+    prompt_file: Annotated[Optional[Path], typer.Option("--prompts", help="Prompt file instead of per-category prompts: one per line, or CATEGORY<TAB>prompt (graded by the classifier).")] = None,
     cfg: Annotated[str, typer.Option("--cfg", help="Guidance scales, comma-separated: one row each.")] = "1,3",
     classifier_dir: ClassifierOpt = None,
     prompts: Annotated[int, typer.Option("--prompts-per-category", help="Prompts per category.")] = 5,
@@ -127,18 +131,21 @@ def gen(
 ) -> None:
     """Text-to-shape table: per guidance scale, class accuracy of the generated shapes and FD/KID of their renders.
 
-    Prompts: PER_CATEGORY for each category of the split (built-in captions' phrasing), SEEDS draws each,
-    the same prompts and seeds in every row. Writes OUT/gen.json, OUT/gen.md and OUT/gen_grid.png.
-    Example: lost eval gen --model bundle --data prepared --split test --cfg 1,3 --classifier runs/cls --out reports/gen
+    Prompts: PER_CATEGORY for each category of the split (built-in captions' phrasing), or the lines of
+    --prompts FILE; SEEDS draws each, the same prompts and seeds in every row. Also the CLIP score of the
+    conditioning text tower. Writes OUT/gen.json, OUT/gen.md and OUT/gen_grid.png.
+    Example: lost eval gen --model bundle --ref prepared --split test --cfg 1,3 --classifier runs/cls --out reports/gen
+    Example: lost eval gen --model bundle --prompts prompts.txt --ref prepared --out reports/gen_mine
     """
     from ..eval.classifier import load_classifier
-    from ..eval.gen import GenEvalConfig, evaluate_gen, parse_cfgs
+    from ..eval.gen import GenEvalConfig, evaluate_gen, parse_cfgs, read_prompt_file
     from ..pipeline import LostPipeline
     from .dataset import _progress
 
     settings = GenEvalConfig(split=split, cfgs=parse_cfgs(cfg), prompts_per_category=prompts, seeds=seeds,
                              temperature=temperature, num_tokens=tokens, resolution=resolution,
-                             batch_size=batch_size, seed=seed, fd_network=fd_network)
+                             batch_size=batch_size, seed=seed, fd_network=fd_network,
+                             prompts=read_prompt_file(prompt_file) if prompt_file is not None else None)
     require_dir(data, "dataset")
     require_dir(model, "model bundle")
     pipe = LostPipeline.from_pretrained(model)

@@ -38,6 +38,8 @@ from .classifier import LoadedClassifier, classify_views, label_indices, shape_p
 from .fd import RenderDistance, feature_network
 from .recon import _num, _render
 
+MAX_GRID_TILES = 24  # columns of gen_grid.png (groups beyond it are not drawn)
+
 
 @dataclass
 class GenEvalConfig:
@@ -56,6 +58,7 @@ class GenEvalConfig:
     prompt_seed: int = 0  # which prompts `synth_prompt_items` phrases
     render_size: int | None = None  # generated renders; None: the size of the stored (real) renders
     fd_network: str = "auto"  # "auto", "inception", "classifier" or a teacher spec
+    prompts: list[tuple[str | None, str]] | None = None  # (category or None, prompt); None: per-category prompts
     kid_subsets: int = 100  # KID: random subsets (torchmetrics default)
 
     def __post_init__(self) -> None:
@@ -117,6 +120,31 @@ def category_prompts(records: list[dict], per_category: int, seed: int = 0) -> l
         caps = caps or [f"a 3D model of a {cat}"]
         made[cat] = [caps[i % len(caps)] for i in range(per_category)]
     return [(cat, p) for cat in cats for p in made[cat][:per_category]]
+
+
+def read_prompt_file(path: str | Path) -> list[tuple[str | None, str]]:
+    """A prompt file: one prompt per line, or "CATEGORY<TAB>prompt" to grade class accuracy; blank lines and
+    lines starting with # are skipped.
+
+    Raises:
+        DataError: unreadable, or no prompt in it (one line naming the file).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the prompt file ({type(e).__name__})") from None
+    items: list[tuple[str | None, str]] = []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        cat, _, prompt = line.partition("\t") if "\t" in line else ("", "", line)
+        if not prompt.strip():
+            raise DataError(f"{path}: empty prompt after the category in line {line!r}")
+        items.append((cat.strip() or None, prompt.strip()))
+    if not items:
+        raise DataError(f"{path}: no prompts (one per line, optionally CATEGORY<TAB>prompt)")
+    return items
 
 
 def views_tile(views: np.ndarray, size: int = 112) -> np.ndarray:
@@ -200,7 +228,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
     if not records:
         raise DataError(f"{root}: no items in split {cfg.split!r}")
     _ = (pipe.gpt, pipe.text_encoder)  # a bundle without them fails before any work
-    items = category_prompts(records, cfg.prompts_per_category, cfg.prompt_seed)
+    items = cfg.prompts or category_prompts(records, cfg.prompts_per_category, cfg.prompt_seed)
     classes = classifier.model.categories if classifier is not None else []
     labels = label_indices([c for c, _ in items], classes) if classifier is not None else None
     features = feature_network(cfg.fd_network, classifier.model if classifier is not None else None,
@@ -209,11 +237,13 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
     sim = TextRenderSimilarity(pipe.text_encoder, [p for _, p in items])
     by_category: dict[str, list[int]] = {}
     for i, (c, _) in enumerate(items):
-        by_category.setdefault(c, []).append(i)
+        if c is not None:
+            by_category.setdefault(c, []).append(i)
     real_size, real_cos = _reference(store, records, dist, sim, by_category)
     size = cfg.render_size or real_size
-    grid_cats = list(dict.fromkeys(c for c, _ in items))  # one tile per category and row: draw 0 of its first prompt
-    first_prompt = {c: i for i, (c, _) in reversed(list(enumerate(items)))}
+    keys = [c if c is not None else p for c, p in items]  # a prompt without a category is its own group
+    grid_cats = list(dict.fromkeys(keys))[:MAX_GRID_TILES]  # one tile per group and row: draw 0 of its first prompt
+    first_prompt = {k: i for i, k in reversed(list(enumerate(keys)))}
 
     rows, samples, tiles, tile_labels = [], [], [], []
     chunks = list(range(0, len(items), cfg.batch_size))
@@ -236,7 +266,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
                     if classifier is not None else None)
             for b, mesh in enumerate(res.meshes):
                 p = start + b // cfg.seeds  # prompt index
-                cat, failed = items[p][0], mesh is None
+                cat, failed, key = items[p][0], mesh is None, keys[p]
                 guess = classes[pred[b]] if pred is not None and not failed else None
                 if labels is not None and labels[p] >= 0:
                     hits.append(bool(not failed and pred[b] == labels[p]))
@@ -245,9 +275,9 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
                                 "text_sim": float(cos[b])})
                 failures += failed
                 n += 1
-                if p == first_prompt[cat] and b % cfg.seeds == 0:
+                if key in grid_cats and p == first_prompt[key] and b % cfg.seeds == 0:
                     verdict = "no surface" if failed else (f"-> {guess}" if guess is not None else "")
-                    row_tiles[cat] = (views_tile(views[b], 64), f"{cat} {verdict}")
+                    row_tiles[key] = (views_tile(views[b], 64), f"{cat or key[:24]} {verdict}")
             if progress:
                 progress(gi * len(chunks) + ci + 1, total, f"cfg {g}")
         d = dist.compute()
@@ -314,7 +344,7 @@ def _cell(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
 def render_markdown(report: dict) -> str:
     """gen.md: the table, then what produced it."""
     s, ref, metric = report["settings"], report["reference"], report["fd_metric"]
-    cats = len({p["category"] for p in report["prompts"]})
+    cats = len({p["category"] for p in report["prompts"] if p["category"] is not None})
     lines = [
         f"# Text-to-shape generation ({len(report['prompts'])} prompts x {s['seeds']} seeds, {cats} categories)",
         "",

@@ -79,10 +79,12 @@ def parse_tokens(text: str) -> list[int | str]:
 
 
 def resolve_ks(ks: list[int | str], num_tokens: int) -> list[int]:
-    """Sorted distinct prefix lengths with "all" = R; ConfigError when one exceeds R."""
-    out = sorted({num_tokens if k == "all" else int(k) for k in ks})
-    if not out or out[0] < 1 or out[-1] > num_tokens:
-        raise ConfigError(f"tokens: prefix lengths {out} must lie in 1..{num_tokens} (the model's R)")
+    """Sorted distinct prefix lengths with "all" = R. Lengths above R are dropped when others remain (the
+    paper's 1,4,16,64,all list on a model with R < 64); ConfigError when none remains or one is < 1."""
+    wanted = sorted({num_tokens if k == "all" else int(k) for k in ks})
+    out = [k for k in wanted if k <= num_tokens]
+    if not out or out[0] < 1:
+        raise ConfigError(f"tokens: prefix lengths {wanted} must lie in 1..{num_tokens} (the model's R)")
     return out
 
 
@@ -207,6 +209,7 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
     if not records:
         raise DataError(f"{root}: no items in split {cfg.split!r}")
     ks = resolve_ks(cfg.ks, pipe.num_tokens)
+    dropped = sorted({int(k) for k in cfg.ks if k != "all" and int(k) > pipe.num_tokens})
     rows = {name: _Row(name) for name in [*ks, *REFERENCE_ROWS]}
     classes = classifier.model.categories if classifier is not None else []
     labels = label_indices([r.get("category") for r in records], classes) if classifier is not None else None
@@ -311,6 +314,7 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
         "protocol": "PROTOCOLS.md reconstruction table; chamfer is RAW (multiply by 100 for the paper's x10^-2 "
                     "figure); medians over shapes (chamfer over non-failed reconstructions)",
         "split": cfg.split, "n": len(records), "model_id": pipe.model_id, "num_tokens": pipe.num_tokens,
+        "dropped_ks": dropped,  # asked for, but longer than the model's R
         "settings": {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "resolution": cfg.resolution,
                      "points_per_surface": cfg.n_points, "encoder_points": n_enc, "seed": cfg.seed,
                      "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")},
@@ -373,6 +377,8 @@ def render_markdown(report: dict) -> str:
               if report.get("fd_network") else "- FD / KID: not measured (no feature network).",
               f"- Mean latent: average of {report['mean_latent']['shapes']} {report['mean_latent']['split']} shapes' "
               "latents encoded by the bundle's VAE, decoded once.",
+              *([f"- Not evaluated: k = {', '.join(map(str, report['dropped_ks']))} (longer than R = {R})."]
+                if report.get("dropped_ks") else []),
               f"- Model {report['model_id'][:12]}, R = {R}. Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
