@@ -185,6 +185,18 @@ def test_zero_weight_removes_a_term():
     assert abs(float(full["loss"]) - expected - float(full["l_rank"])) < 1e-3
 
 
+def test_flatten_pool_reads_every_patch_token():
+    torch.manual_seed(0)
+    student = build_student("rida_tiny", **TINY, global_pool="flatten").eval()
+    z = student.normalize(_synthetic(2, seed=4)[0])
+    g, tokens = student(z)
+    assert g.shape == (2, student.config.out_dim)
+    w = student.global_head.fc1.weight
+    assert w.shape[1] == student.config.num_tokens * student.config.width
+    with pytest.raises(ConfigError, match="global_pool"):
+        build_student("rida_tiny", **TINY, global_pool="mean")
+
+
 def test_input_noise_and_dropout_act_in_training_only():
     z, glob, patches = _synthetic(8, seed=3)
     batch = {"z": z, "global": glob, "patches": patches}
@@ -270,7 +282,8 @@ def test_cli_train_and_eval(store, tmp_path):
     assert meta["teacher"]["name"] == "synthetic" and meta["objective"] == "rida"
     assert len(meta["latent_stats"]["mean"]) == 4 and (export / "model.safetensors").is_file()
     reg = RidaStudent.from_pretrained(tmp_path / "reg")
-    assert reg.config.head == "linear" and reg.config.out_dim == 16
+    assert reg.config.head == "linear" and reg.config.out_dim == 16 and reg.config.global_pool == "flatten"
+    assert RidaStudent.from_pretrained(tmp_path / "rida").config.global_pool == "cls"
     rows = [json.loads(line) for line in (tmp_path / "rida" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(np.isfinite(r["l_spatial"]) for r in rows)
 

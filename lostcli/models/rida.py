@@ -113,12 +113,15 @@ class RidaConfig:
     out_dim: int = 128  # D_out of the global embedding and of every spatial token
     head: str = "mlp"  # global projection head: "mlp" (Linear-GELU-Linear) or "linear" (regression baseline)
     dropout: float = 0.0  # dropout in the blocks (residual branches and MLP hidden), training only
+    global_pool: str = "cls"  # global head input: "cls" (the CLS token) or "flatten" (all patch tokens, in order)
 
     def __post_init__(self) -> None:
         if self.plane_res % self.patch_size:
             raise ConfigError(f"patch_size: {self.patch_size} does not divide plane_res {self.plane_res}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.global_pool not in ("cls", "flatten"):
+            raise ConfigError(f"global_pool: {self.global_pool!r} is not one of ['cls', 'flatten']")
         if self.head not in ("mlp", "linear"):
             raise ConfigError(f"head: {self.head!r} is not one of ['mlp', 'linear']")
         for name in ("latent_channels", "plane_res", "planes", "patch_size", "width", "depth", "heads", "out_dim"):
@@ -156,10 +159,11 @@ class RidaStudent(nn.Module):
         self.plane_embed = nn.Parameter(torch.zeros(cfg.planes, cfg.width))  # which plane a token is on
         self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
         self.norm = nn.LayerNorm(cfg.width)
+        pooled = cfg.width * (cfg.num_tokens if cfg.global_pool == "flatten" else 1)
         if cfg.head == "mlp":
-            self.global_head: nn.Module = Mlp(cfg.width, cfg.width, cfg.out_dim)
+            self.global_head: nn.Module = Mlp(pooled, cfg.width, cfg.out_dim)
         else:
-            self.global_head = nn.Linear(cfg.width, cfg.out_dim)
+            self.global_head = nn.Linear(pooled, cfg.out_dim)
         self.spatial_head = nn.Linear(cfg.width, cfg.out_dim)
         self.initialize_weights()
 
@@ -198,7 +202,8 @@ class RidaStudent(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return self.global_head(x[:, 0]), self.spatial_head(x[:, 1:])
+        pooled = x[:, 1:].flatten(1) if self.config.global_pool == "flatten" else x[:, 0]
+        return self.global_head(pooled), self.spatial_head(x[:, 1:])
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Same as `forward_features` (so hooks and DDP see a call)."""

@@ -271,14 +271,19 @@ def teacher_info(stats: dict) -> dict:
 
 
 def build_student_for(cfg: RidaRunConfig, dataset: RidaDataset) -> RidaStudent:
-    """The student for this run: preset + overrides, latent shape and statistics from the data; the
-    regression baseline gets a linear head to the teacher width."""
+    """The student for this run: preset + overrides, latent shape and statistics from the data.
+
+    The regression baseline gets a linear head to the teacher width reading all patch tokens in order
+    (`global_pool="flatten"` unless the recipe sets it): a direct linear regression of the teacher feature from
+    the backbone's tokens. Chosen on the val split of the built-in dataset, where it beat the CLS-token head
+    (mAP@3 0.356 vs 0.307; raw latents 0.346); RIDA keeps the CLS token (0.425 vs 0.403 flattened)."""
     C, H, W = (int(v) for v in dataset[0]["z"].shape)
     if W % H:
         raise DataError(f"{dataset.root}: latent [C, H, W] = {[C, H, W]} is not P square planes side by side")
     overrides: dict[str, Any] = {"latent_channels": C, "plane_res": H, "planes": W // H, **cfg.model.overrides}
     if cfg.rida.objective == "regression":
         overrides.update(out_dim=int(dataset[0]["global"].shape[-1]), head="linear")
+        overrides.setdefault("global_pool", "flatten")
     student = build_student(cfg.model.preset, **overrides)
     stats = dataset.latent_stats
     student.set_latent_stats(stats["mean"], stats["std"])
