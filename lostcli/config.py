@@ -222,6 +222,17 @@ def save_config(cfg: Any, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def check_preset(preset: str, presets: dict[str, Any], config_type: type, overrides: dict[str, Any]) -> None:
+    """A model builder's inputs: ConfigError naming `model.preset` or `model.overrides.KEY` when the preset is
+    not in `presets` or an override is not a field of `config_type`."""
+    if preset not in presets:
+        raise ConfigError(f"model.preset: {preset!r} is not one of {sorted(presets)}")
+    known = set(config_type.__dataclass_fields__)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"model.overrides.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+
+
 def from_dict(cls: type[T], data: dict) -> T:
     """Rebuild a config from `to_dict` output (e.g. a model's config.json), with the same checks."""
     return _build(cls, data)

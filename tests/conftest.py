@@ -41,6 +41,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """`one_thread` for a whole module, module-scoped fixtures (tiny bundles, evaluations) included."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 
@@ -78,10 +87,13 @@ def cli_ok(*args) -> None:
         assert e.code in (0, None), f"lost {' '.join(map(str, args))} exited with {e.code}"
 
 
-def one_error(err: str) -> str:
-    """The single stderr line of a user error (fails when there are more, or a traceback)."""
+def one_error(err: str, path=None) -> str:
+    """The single stderr line of a user error (fails when there are more, or a traceback); it names `path`
+    first when given."""
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    if path is not None:
+        assert lines[0].startswith(f"error: {path}"), lines[0]
     return lines[0]
 
 

@@ -22,6 +22,7 @@ from lostcli.data.render import LABEL_HEIGHT
 from lostcli.data.store import DatasetStore, ShardWriter
 from lostcli.pipeline import LostPipeline, load_tokens
 
+from conftest import cli, one_error
 from test_pipeline import R, STEPS, box_mesh, tiny_parts
 
 FAST = ["--steps", STEPS, "--resolution", 16]
@@ -57,25 +58,6 @@ def _setup():
     yield
     patch.undo()
     torch.set_num_threads(before)
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `lost ARGS` in-process: (exit code, stdout, stderr)."""
-    try:
-        app_module.main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(err: str, path: Path | None = None) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    if path is not None:
-        assert lines[0].startswith(f"error: {path}"), lines[0]
-    return lines[0]
 
 
 def _parts(root: Path, surface: bool = True) -> tuple[Path, Path]:

@@ -20,7 +20,8 @@ from lostcli.eval.classifier import RenderClassifier, RenderClassifierConfig, lo
 from lostcli.eval.gen import GenEvalConfig, category_prompts, evaluate_gen, parse_cfgs, render_markdown
 from lostcli.pipeline import LostPipeline
 
-from test_generate import add_generator, cli, one_error
+from conftest import cli, one_error
+from test_generate import add_generator
 from test_pipeline import make_bundle
 
 CATS = ["chair", "lamp", "widget"]  # two built-in categories and one the built-in generator does not know
@@ -51,12 +52,7 @@ def always(root: Path, category: str) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import torch
 import trimesh
 from PIL import Image
 
-from lostcli.cli import app as app_module
 from lostcli.errors import CheckpointError, ConfigError, DataError
 from lostcli.models.gpt import build_gpt
 from lostcli.models.teacher import ClipTeacher, ClipTeacherConfig
@@ -21,6 +20,7 @@ from lostcli.models.text import TextEncoder
 from lostcli.pipeline import LostPipeline, Tokens, load_tokens, save_tokens
 from lostcli.train.gpt import export_gpt
 
+from conftest import cli, one_error
 from test_pipeline import R, make_bundle
 
 L = 6  # GPT length (< R = 8 registers of the tokenizer)
@@ -53,12 +53,7 @@ def add_generator(bundle: Path, work: Path) -> Path:
     return bundle
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread beats two spin-waiting on a loaded CPU
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one thread beats two spin-waiting
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +65,6 @@ def bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pipe(bundle) -> LostPipeline:
     return LostPipeline.from_pretrained(bundle, device="cpu")
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        app_module.main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -73,13 +73,7 @@ def box_mesh() -> trimesh.Trimesh:
     return mesh
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Models this small run fastest on one thread; two spin-wait badly on a shared, loaded CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny models: one thread beats two spin-waiting
 
 
 @pytest.fixture(scope="module")

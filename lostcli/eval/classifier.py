@@ -165,6 +165,18 @@ class LoadedClassifier:
         return None if self.test_eval is None else float(self.test_eval["shape_acc"])
 
 
+def classifier_report(classifier: LoadedClassifier | None) -> dict:
+    """What every report records beside a class accuracy: chance, the classifier's own test accuracy on real
+    renders (per shape, per view) and where it came from (all None without a classifier)."""
+    if classifier is None:
+        return {"chance": None, "classifier_test_acc": None, "classifier_test_acc_per_view": None, "classifier": None}
+    ev = classifier.test_eval
+    return {"chance": 1.0 / len(classifier.model.categories) if classifier.model.categories else None,
+            "classifier_test_acc": classifier.test_accuracy,
+            "classifier_test_acc_per_view": float(ev["per_view_acc"]) if ev else None,
+            "classifier": str(classifier.path)}
+
+
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedClassifier:
     """A classifier from its export folder or from the run directory holding `export/`."""
     path = Path(path)

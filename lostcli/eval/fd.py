@@ -205,6 +205,14 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subsets: int = KID_S
     return float(mean), float(std), size
 
 
+def small_sample_warning(metric: str, n_fake: int, n_real: int) -> str | None:
+    """The warning every FD figure from fewer than FD_WARN_SHAPES shapes per set carries (None above it)."""
+    if min(n_fake, n_real) >= FD_WARN_SHAPES:
+        return None
+    return (f"{metric} from {n_fake} vs {n_real} shapes: below {FD_WARN_SHAPES} shapes FD is biased upwards; "
+            "compare KID (unbiased)")
+
+
 class RenderDistance:
     """Accumulate the renders of a reference ("real") and an evaluated ("fake") set, then FD + KID.
 
@@ -252,10 +260,7 @@ class RenderDistance:
         fd = frechet_distance(real, fake)
         kid, kid_std, size = kernel_distance(real, fake, self.kid_subsets, self.kid_subset_size, self.seed)
         n_real, n_fake = sum(self._shapes[True]), sum(self._shapes[False])
-        warning = None
-        if min(n_real, n_fake) < FD_WARN_SHAPES:
-            warning = (f"{self.features.metric_name} from {n_fake} vs {n_real} shapes: "
-                       f"below {FD_WARN_SHAPES} shapes FD is biased upwards; compare KID (unbiased)")
+        warning = small_sample_warning(self.features.metric_name, n_fake, n_real)
         return DistanceResult(fd=fd if math.isfinite(fd) else float("nan"), kid=kid, kid_std=kid_std,
                               network=self.features.name, metric=self.features.metric_name,
                               images_real=real.shape[0], images_fake=fake.shape[0],

@@ -34,7 +34,7 @@ import torch
 from ..data.render import save_grid
 from ..data.store import DatasetStore, atomic_write_json
 from ..errors import ConfigError, DataError
-from .classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
+from .classifier import LoadedClassifier, classifier_report, classify_views, label_indices, shape_probabilities
 from .fd import RenderDistance, feature_network
 from .recon import _num, _render
 
@@ -290,13 +290,9 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
             tiles.append(tile)
             tile_labels.append(f"cfg {g:g}: {label}")
 
-    test_eval = classifier.test_eval if classifier is not None else None
     report = {
         "rows": rows,
-        "chance": 1.0 / len(classes) if classes else None,
-        "classifier_test_acc": classifier.test_accuracy if classifier is not None else None,
-        "classifier_test_acc_per_view": float(test_eval["per_view_acc"]) if test_eval else None,
-        "classifier": str(classifier.path) if classifier is not None else None,
+        **classifier_report(classifier),
         "fd_network": features.name,
         "fd_metric": features.metric_name,
         "fd_warning": d.warning,

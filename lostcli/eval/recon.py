@@ -30,8 +30,9 @@ import trimesh
 from ..data.render import render_views, save_grid
 from ..data.store import DatasetStore, atomic_write_json
 from ..errors import ConfigError, DataError
-from .classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
-from .fd import FD_WARN_SHAPES, RenderDistance, RenderFeatures, feature_network, local_inception_weights, teacher_features
+from .classifier import LoadedClassifier, classifier_report, classify_views, label_indices, shape_probabilities
+from .fd import (RenderDistance, RenderFeatures, feature_network, local_inception_weights, small_sample_warning,
+                 teacher_features)
 from .geometry import N_POINTS, failed_metrics, point_metrics, surface_points, surface_tree
 
 REFERENCE_ROWS = ("vae", "mean")
@@ -298,18 +299,14 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
             progress(start + len(chunk), len(records), chunk[-1]["id"])
 
     table = [row.summary() for row in rows.values()]
-    test_eval = classifier.test_eval if classifier is not None else None
     report = {
         "rows": table,
-        "chance": 1.0 / len(classes) if classes else None,
-        "classifier_test_acc": classifier.test_accuracy if classifier is not None else None,
-        "classifier_test_acc_per_view": float(test_eval["per_view_acc"]) if test_eval else None,
-        "classifier": str(classifier.path) if classifier is not None else None,
+        **classifier_report(classifier),
         "feature_network": getattr(teacher, "name", None),
         "fd_network": features.name if features is not None else None,
         "fd_metric": features.metric_name if features is not None else None,
-        "fd_warning": (f"FD from {len(records)} shapes per set: below {FD_WARN_SHAPES} shapes FD is biased upwards; "
-                       "compare KID (unbiased)") if features is not None and len(records) < FD_WARN_SHAPES else None,
+        "fd_warning": small_sample_warning(features.metric_name, len(records), len(records))
+        if features is not None else None,
         "command": command,
         "protocol": "PROTOCOLS.md reconstruction table; chamfer is RAW (multiply by 100 for the paper's x10^-2 "
                     "figure); medians over shapes (chamfer over non-failed reconstructions)",

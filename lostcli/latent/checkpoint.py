@@ -228,6 +228,21 @@ def save_model_folder(directory: str | Path, module: nn.Module, meta: dict[str, 
     return directory
 
 
+def load_model_folder(cls: type, path: str | Path, config_type: type, what: str, device: Any = "cpu",
+                      own_keys: tuple[str, ...] = ("class", "preset", "config")) -> Any:
+    """Build `cls(config, preset=...)` from an export folder (or a run directory's `export/`), load its weights
+    strictly, keep the config.json entries other than `own_keys` as `extra_config`; returned in eval mode.
+
+    Raises:
+        CheckpointError: as `read_model_folder`, or weights that do not fit the config exactly.
+    """
+    folder, meta, config = read_model_folder(path, cls.__name__, config_type, what)
+    model = cls(config, preset=meta.get("preset"))
+    load_strict(model, read_state_dict(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    model.extra_config = {k: v for k, v in meta.items() if k not in own_keys}
+    return model.to(device).eval()
+
+
 def read_model_folder(path: str | Path, class_name: str, config_type: type, what: str) -> tuple[Path, dict, Any]:
     """Find and parse the `config.json` of an export folder (or of a run directory's `export/`).
 

@@ -21,13 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import from_dict, to_dict
+from ..config import check_preset, from_dict, to_dict
 from ..errors import ConfigError
-from ..latent.checkpoint import load_strict, read_model_folder, read_state_dict, save_model_folder
+from ..latent.checkpoint import load_model_folder, save_model_folder
 from .diffloss import DiffLoss, DiffLossConfig
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 GUIDANCE_SCHEDULES = ("constant", "linear")
 
 
@@ -341,11 +340,7 @@ class LoSTGPT(nn.Module):
         Raises:
             CheckpointError: missing/unreadable files, or weights that do not fit the config exactly.
         """
-        folder, meta, config = read_model_folder(path, cls.__name__, GPTConfig, "LoST-GPT")
-        model = cls(config, preset=meta.get("preset"))
-        load_strict(model, read_state_dict(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
-        model.extra_config = {k: v for k, v in meta.items() if k not in ("class", "preset", "config")}
-        return model.to(device).eval()
+        return load_model_folder(cls, path, GPTConfig, "LoST-GPT", device)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -392,12 +387,7 @@ def build_gpt(preset: str, **overrides: Any) -> LoSTGPT:
     Raises:
         ConfigError: unknown preset or field, or an invalid resulting config.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"model.preset: {preset!r} is not one of {sorted(PRESETS)}")
-    known = set(GPTConfig.__dataclass_fields__)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"model.overrides.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    check_preset(preset, PRESETS, GPTConfig, overrides)
     base = to_dict(PRESETS[preset])
     if isinstance(overrides.get("diffloss"), dict):
         overrides = {**overrides, "diffloss": {**base["diffloss"], **overrides["diffloss"]}}

@@ -30,9 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..config import from_dict, to_dict
+from ..config import check_preset, from_dict, to_dict
 from ..errors import ConfigError
-from ..latent.checkpoint import load_strict, read_model_folder, read_state_dict, save_model_folder
+from ..latent.checkpoint import load_model_folder, save_model_folder
 from .blocks import (LN_EPS, Block, DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify,
                      xavier_init_linears)
 
@@ -432,11 +432,8 @@ class LoSTTokenizer(nn.Module):
         Raises:
             CheckpointError: missing/unreadable files, or weights that do not fit the config exactly.
         """
-        folder, meta, config = read_model_folder(path, cls.__name__, LoSTConfig, "LoST tokenizer")
-        model = cls(config, preset=meta.get("preset"))
-        load_strict(model, read_state_dict(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
-        model.extra_config = {k: v for k, v in meta.items() if k not in ("class", "preset", "config", "latent_stats")}
-        return model.to(device).eval()
+        return load_model_folder(cls, path, LoSTConfig, "LoST tokenizer", device,
+                                 own_keys=("class", "preset", "config", "latent_stats"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -472,12 +469,7 @@ def build_tokenizer(preset: str, device: torch.device | str | None = None, **ove
     Raises:
         ConfigError: unknown preset or field, or an invalid resulting config.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"model.preset: {preset!r} is not one of {sorted(PRESETS)}")
-    known = set(LoSTConfig.__dataclass_fields__)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"model.overrides.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    check_preset(preset, PRESETS, LoSTConfig, overrides)
     cfg = from_dict(LoSTConfig, {**to_dict(PRESETS[preset]), **overrides})  # type checks + a fresh copy
     if device is None:
         return LoSTTokenizer(cfg, preset=preset)

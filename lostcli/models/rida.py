@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import from_dict, to_dict
+from ..config import check_preset, from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
 from ..latent.checkpoint import load_strict, read_state_dict, save_model_folder
 from .blocks import xavier_init_linears
@@ -330,12 +330,7 @@ def build_student(preset: str, **overrides: Any) -> RidaStudent:
     Raises:
         ConfigError: unknown preset or field.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"model.preset: {preset!r} is not one of {sorted(PRESETS)}")
-    known = set(RidaConfig.__dataclass_fields__)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"model.overrides.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    check_preset(preset, PRESETS, RidaConfig, overrides)
     return RidaStudent(replace(PRESETS[preset], **overrides), preset=preset)
 
 
