@@ -166,14 +166,18 @@ def test_iter_table_streams_each_shard_once(tmp_path, monkeypatch):
     assert test_ids == [f"id{i:04d}" for i in range(150) if i % 3 == 2]
 
 
-def test_load_keeps_few_handles_open(tmp_path):
+def test_load_keeps_a_bounded_lru_of_handles(tmp_path, monkeypatch):
+    assert 8 <= store_mod._OPEN_SHARDS <= 256
+    monkeypatch.setattr(store_mod, "_OPEN_SHARDS", 5)
     with ShardWriter(tmp_path, "items", shard_size=1) as w:
         for i in range(12):
             w.add(*_item(i))
     st = DatasetStore(tmp_path)
     for i in range(12):
         assert st.load(f"id{i:04d}", keys=["mask"])["mask"].shape == (5,)
-    assert len(st._open) == store_mod._OPEN_SHARDS
+    assert len(st._open) == 5 and [p.name for p in st._open] == [f"shard-r000-{i:05d}.npz" for i in range(7, 12)]
+    st.load("id0009", keys=["mask"])  # a hit moves to the most recent end, nothing is re-opened
+    assert [p.name for p in st._open][-1] == "shard-r000-00009.npz" and len(st._open) == 5
 
 
 def test_errors(tmp_path):

@@ -100,6 +100,46 @@ def recon(
                   f"{_fmt(rep['classifier_test_acc'])} ({result.seconds:.0f} s) -> {out / 'recon.md'}, {out / 'recon.json'}")
 
 
+@app.command("tokens")
+def tokens_probe(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle (lost tokenizer export).")],
+    data: DataOpt,
+    out: OutOpt,
+    split: Annotated[str, typer.Option("--split", help="Split that is scored.")] = "val",
+    probe_split: Annotated[str, typer.Option("--probe-split", help="Split the linear probes are fitted on.")] = "train",
+    tokens: Annotated[str, typer.Option("--tokens", help="Prefix lengths k, comma-separated; 'all' = every register.")] = "1,2,4,8,16,all",
+    t: Annotated[float, typer.Option("--t", help="Noise level (0..1) of the decoder's one-pass posterior estimate.")] = 0.95,
+    steps: Annotated[int, typer.Option("--steps", help="Sampling steps of the full decodes (0: skip them).")] = 25,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance of the full decodes.")] = 1.0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most N latents of each split.")] = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """What each token prefix carries and how much of it the decoder reads (why a recon curve is flat).
+
+    Per k, on the dataset's stored latents (`lost dataset latents` with the bundle's VAE): NMSE of a ridge probe
+    from the first k tokens (fitted on --probe-split), of the decoder's one-pass clean-latent estimate at noise
+    level --t, and of full decodes. Writes OUT/tokens.json and OUT/tokens.md.
+    Example: lost eval tokens --model bundle --data prepared --split val --out reports/tokens
+    """
+    from ..errors import ConfigError
+    from ..eval.recon import parse_tokens
+    from ..eval.token_probe import TokenProbeConfig, evaluate_token_probe
+    from ..pipeline import LostPipeline
+
+    if not 0.0 < t <= 1.0:
+        raise ConfigError(f"--t: must be in (0, 1], got {t}")
+    require_dir(data, "dataset")
+    require_dir(model, "model bundle")
+    pipe = LostPipeline.from_pretrained(model)
+    cfg = TokenProbeConfig(split=split, probe_split=probe_split, ks=tuple(parse_tokens(tokens)), t=t, steps=steps,
+                           guidance=guidance, limit=limit, seed=seed)
+    rep = evaluate_token_probe(pipe, data, cfg, out_dir=out, command=" ".join(["lost", *sys.argv[1:]]))
+    for r in rep["rows"]:
+        console.print(f"k={r['k']:>4}: linear probe {_fmt(r['probe_nmse'])}  decoder posterior "
+                      f"{_fmt(r['posterior_nmse'])}  decoded samples {_fmt(r['sample_nmse'])}")
+    console.print(f"NMSE on {rep['n']} {split} latents (split mean {rep['mean_nmse']:.3f}) -> {out / 'tokens.md'}")
+
+
 def _fmt(v: float | None, scale: float = 1.0) -> str:
     return "-" if v is None else f"{v * scale:.3f}"
 

@@ -1,0 +1,159 @@
+"""What each token prefix carries, and how much of it the decoder reads: `lost eval tokens`.
+
+The reconstruction table (`eval/recon.py`) says how good prefix decodes are; this report says why a curve
+is flat. For every prefix length k, on the normalised latents of one split (NMSE = mean squared error over
+the latent's elements / the split's mean per-element variance, so predicting the split's own mean scores 1):
+
+- `probe_nmse`: a ridge regression from the first k tokens (flattened, plus a bias) to the latent, fitted on
+  the probe split (train) and scored on the evaluated split. It measures how much of the latent the prefix
+  holds in linearly readable form: a lower bound on what a decoder could recover from it.
+- `posterior_nmse`: the decoder's own estimate of the clean latent from the prefix at one high noise level
+  (x0_hat of a single forward pass at time `t`, default 0.95: almost all of the latent must come from the
+  tokens). If it stays level while `probe_nmse` falls, the decoder is not reading the later tokens.
+- `sample_nmse`: full decodes (the pipeline's sampler, `steps`, `guidance`, seeded), the error a user sees.
+
+The ridge strength is chosen per k on a held-out fifth of the probe split, then refitted on all of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.store import DatasetStore, atomic_write_json
+from ..errors import DataError
+from ..models.flow import noised, predict_x0, sample_latents
+from .recon import resolve_ks
+
+RIDGE_LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+@dataclass
+class TokenProbeConfig:
+    split: str = "val"  # split that is scored
+    probe_split: str = "train"  # split the ridge probes are fitted on
+    ks: tuple[int | str, ...] = (1, 2, 4, 8, 16, "all")  # prefix lengths; "all" = R
+    t: float = 0.95  # noise level of the posterior-mean estimate (flow sigma / fraction of the DDPM chain)
+    steps: int = 25  # sampling steps of the full decodes; 0 skips sample_nmse
+    guidance: float = 1.0  # classifier-free guidance of the full decodes
+    limit: int | None = None  # at most this many items of each split
+    batch_size: int = 64
+    seed: int = 0
+
+
+def load_latents(root: str | Path, split: str, limit: int | None = None) -> torch.Tensor:
+    """Raw latents [N, C, H, W] of one split from the dataset's `latents` table."""
+    store = DatasetStore(root)
+    if not store.has_table("latents"):
+        raise DataError(f"{root}: no 'latents' table (run `lost dataset latents {root} --vae VAE` first)")
+    ids = store.ids(split=split, table="latents")[:limit]
+    if len(ids) < 2:
+        raise DataError(f"{root}: split {split!r} has {len(ids)} latents; the probe needs at least 2")
+    return torch.stack([torch.from_numpy(np.asarray(store.load(i, keys=["z"], table="latents")["z"],
+                                                    dtype=np.float32)) for i in ids])
+
+
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """W [D+1, T] minimising |[x, 1] W - y|^2 + lam |W|^2 (float64)."""
+    a = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    return torch.linalg.solve(a.T @ a + lam * torch.eye(a.shape[1], dtype=x.dtype), a.T @ y)
+
+
+def ridge_predict(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1) @ w
+
+
+def probe_nmse(train_tokens: torch.Tensor, train_x: torch.Tensor, tokens: torch.Tensor, x: torch.Tensor,
+               k: int, var: float) -> tuple[float, float]:
+    """(NMSE on the scored split, chosen lambda) of the ridge probe from the first k tokens."""
+    f_tr, f_ev = train_tokens[:, :k].flatten(1).double(), tokens[:, :k].flatten(1).double()
+    y_tr, y_ev = train_x.flatten(1).double(), x.flatten(1).double()
+    cut = max(1, len(f_tr) * 4 // 5)
+    if cut < len(f_tr):
+        errs = {lam: ((ridge_predict(f_tr[cut:], ridge_fit(f_tr[:cut], y_tr[:cut], lam)) - y_tr[cut:]) ** 2).mean()
+                for lam in RIDGE_LAMBDAS}
+        lam = float(min(errs, key=lambda v: float(errs[v])))
+    else:
+        lam = RIDGE_LAMBDAS[len(RIDGE_LAMBDAS) // 2]
+    err = ((ridge_predict(f_ev, ridge_fit(f_tr, y_tr, lam)) - y_ev) ** 2).mean().item()
+    return err / var, lam
+
+
+@torch.no_grad()
+def encode_all(tokenizer, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([tokenizer.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_dir: str | Path | None = None,
+                         command: str = "") -> dict[str, Any]:
+    """The report (also written to OUT/tokens.json and OUT/tokens.md when `out_dir` is given)."""
+    tok = pipeline.tokenizer
+    kind = pipeline.sampling["scheduler"]
+    z_eval = load_latents(root, cfg.split, cfg.limit)
+    z_probe = load_latents(root, cfg.probe_split, cfg.limit)
+    if list(z_eval.shape[1:]) != list(tok.config.latent_shape):
+        raise DataError(f"{root}: latents {list(z_eval.shape[1:])} do not match the tokenizer's "
+                        f"{list(tok.config.latent_shape)} (encode the dataset with this bundle's VAE)")
+    ks = resolve_ks(list(cfg.ks), tok.num_registers)
+    device = pipeline.device
+    x = tok.normalize(z_eval.to(device)).float()
+    x_probe = tok.normalize(z_probe.to(device)).float()
+    var = x.var(dim=0, unbiased=False).mean().item()
+    mean_nmse = ((x - x_probe.mean(0, keepdim=True)) ** 2).mean().item() / var
+    tokens, tokens_probe = encode_all(tok, x, cfg.batch_size), encode_all(tok, x_probe, cfg.batch_size)
+
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    noise = torch.randn(x.shape, generator=gen).to(device)
+    u = torch.full((len(x),), float(cfg.t), device=device)
+    x_t, t, _ = noised(kind, x, noise, u)
+    rows = []
+    for k in ks:
+        p_nmse, lam = probe_nmse(tokens_probe.cpu(), x_probe.cpu(), tokens.cpu(), x.cpu(), k, var)
+        post = []
+        for i in range(0, len(x), cfg.batch_size):
+            sl = slice(i, i + cfg.batch_size)
+            keep = torch.full((len(x[sl]),), k, device=device)
+            pred = tok.decoder_forward(x_t[sl], t[sl], tokens[sl], keep, torch.zeros_like(keep, dtype=torch.bool))
+            post.append(predict_x0(kind, x_t[sl], t[sl], pred))
+        row = {"k": k, "probe_nmse": p_nmse, "probe_lambda": lam,
+               "posterior_nmse": ((torch.cat(post) - x) ** 2).mean().item() / var, "sample_nmse": None}
+        if cfg.steps > 0:
+            dec = [sample_latents(tok, tokens[i:i + cfg.batch_size], k, steps=cfg.steps, guidance=cfg.guidance,
+                                  generator=torch.Generator().manual_seed(cfg.seed + i), kind=kind)
+                   for i in range(0, len(x), cfg.batch_size)]
+            row["sample_nmse"] = ((torch.cat(dec).to(device) - x) ** 2).mean().item() / var
+        rows.append(row)
+    report = {"rows": rows, "mean_nmse": mean_nmse, "split": cfg.split, "probe_split": cfg.probe_split,
+              "n": len(x), "n_probe": len(x_probe), "t": cfg.t, "steps": cfg.steps, "guidance": cfg.guidance,
+              "num_tokens": tok.num_registers, "model_id": pipeline.model_id, "command": command}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "tokens.json", report)
+        (out / "tokens.md").write_text(render_markdown(report))
+    return report
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def render_markdown(report: dict) -> str:
+    lines = [
+        "# What the token prefixes carry (`lost eval tokens`)", "",
+        f"Split `{report['split']}` ({report['n']} latents); ridge probes fitted on `{report['probe_split']}` "
+        f"({report['n_probe']}). NMSE of normalised latents; predicting the {report['probe_split']} mean scores "
+        f"{report['mean_nmse']:.3f}. Posterior: one decoder pass at t = {report['t']}. Samples: "
+        f"{report['steps']} steps, guidance {report['guidance']}.",
+        f"Command: `{report['command']}`" if report.get("command") else "", "",
+        "| k | linear probe NMSE | decoder posterior NMSE | decoded sample NMSE |", "|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['k']} | {_f(r['probe_nmse'])} | {_f(r['posterior_nmse'])} | {_f(r['sample_nmse'])} |")
+    lines += ["", "A probe NMSE that falls with k while the decoder's stays level means the later tokens hold "
+              "information that the decoder does not read.", ""]
+    return "\n".join(lines)
