@@ -42,15 +42,17 @@ def classifier(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOp
 
 ClassifierOpt = Annotated[Optional[Path], typer.Option(
     "--classifier", help="Render classifier run or export (lost eval classifier) for class accuracy.")]
+BundleOpt = Annotated[Path, typer.Option("--model", "-m", help="Model bundle (lost tokenizer export).")]
+PrefixesOpt = Annotated[str, typer.Option("--tokens", help="Prefix lengths k, comma-separated; 'all' = every register.")]
 
 
 @app.command("recon")
 def recon(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle (lost tokenizer export).")],
+    model: BundleOpt,
     data: DataOpt,
     out: OutOpt,
     split: Annotated[str, typer.Option("--split", help="Dataset split to reconstruct ('all': every item).")] = "test",
-    tokens: Annotated[str, typer.Option("--tokens", help="Prefix lengths k, comma-separated; 'all' = every register.")] = "1,4,16,all",
+    tokens: PrefixesOpt = "1,4,16,all",
     classifier_dir: ClassifierOpt = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help="Feature network for render similarity (a teacher spec, see lost teacher eval).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Sampling steps of the decoder.")] = 25,
@@ -102,12 +104,12 @@ def recon(
 
 @app.command("tokens")
 def tokens_probe(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle (lost tokenizer export).")],
+    model: BundleOpt,
     data: DataOpt,
     out: OutOpt,
     split: Annotated[str, typer.Option("--split", help="Split that is scored.")] = "val",
     probe_split: Annotated[str, typer.Option("--probe-split", help="Split the linear probes are fitted on.")] = "train",
-    tokens: Annotated[str, typer.Option("--tokens", help="Prefix lengths k, comma-separated; 'all' = every register.")] = "1,2,4,8,16,all",
+    tokens: PrefixesOpt = "1,2,4,8,16,all",
     t: Annotated[float, typer.Option("--t", help="Noise level (0..1) of the decoder's one-pass posterior estimate.")] = 0.95,
     steps: Annotated[int, typer.Option("--steps", help="Sampling steps of the full decodes (0: skip them).")] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance of the full decodes.")] = 1.0,
@@ -121,18 +123,15 @@ def tokens_probe(
     level --t, and of full decodes. Writes OUT/tokens.json and OUT/tokens.md.
     Example: lost eval tokens --model bundle --data prepared --split val --out reports/tokens
     """
-    from ..errors import ConfigError
     from ..eval.recon import parse_tokens
     from ..eval.token_probe import TokenProbeConfig, evaluate_token_probe
     from ..pipeline import LostPipeline
 
-    if not 0.0 < t <= 1.0:
-        raise ConfigError(f"--t: must be in (0, 1], got {t}")
+    cfg = TokenProbeConfig(split=split, probe_split=probe_split, ks=tuple(parse_tokens(tokens)), t=t, steps=steps,
+                           guidance=guidance, limit=limit, seed=seed)
     require_dir(data, "dataset")
     require_dir(model, "model bundle")
     pipe = LostPipeline.from_pretrained(model)
-    cfg = TokenProbeConfig(split=split, probe_split=probe_split, ks=tuple(parse_tokens(tokens)), t=t, steps=steps,
-                           guidance=guidance, limit=limit, seed=seed)
     rep = evaluate_token_probe(pipe, data, cfg, out_dir=out, command=" ".join(["lost", *sys.argv[1:]]))
     for r in rep["rows"]:
         console.print(f"k={r['k']:>4}: linear probe {_fmt(r['probe_nmse'])}  decoder posterior "

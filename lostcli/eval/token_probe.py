@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from ..data.store import DatasetStore, atomic_write_json
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.flow import noised, predict_x0, sample_latents
+from ..train.tokenizer import LATENTS, require_latents
 from .recon import resolve_ks
 
 RIDGE_LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -44,16 +45,19 @@ class TokenProbeConfig:
     batch_size: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.t <= 1.0:
+            raise ConfigError(f"--t: must be in (0, 1], got {self.t}")
+
 
 def load_latents(root: str | Path, split: str, limit: int | None = None) -> torch.Tensor:
     """Raw latents [N, C, H, W] of one split from the dataset's `latents` table."""
     store = DatasetStore(root)
-    if not store.has_table("latents"):
-        raise DataError(f"{root}: no 'latents' table (run `lost dataset latents {root} --vae VAE` first)")
-    ids = store.ids(split=split, table="latents")[:limit]
+    require_latents(store)
+    ids = store.ids(split=split, table=LATENTS)[:limit]
     if len(ids) < 2:
         raise DataError(f"{root}: split {split!r} has {len(ids)} latents; the probe needs at least 2")
-    return torch.stack([torch.from_numpy(np.asarray(store.load(i, keys=["z"], table="latents")["z"],
+    return torch.stack([torch.from_numpy(np.asarray(store.load(i, keys=["z"], table=LATENTS)["z"],
                                                     dtype=np.float32)) for i in ids])
 
 

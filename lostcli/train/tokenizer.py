@@ -91,6 +91,12 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
+def require_latents(store: DatasetStore) -> None:
+    """DataError naming the dataset when it has no `latents` table yet."""
+    if not store.has_table(LATENTS):
+        raise DataError(f"{store.root}: no '{LATENTS}' table (run `lost dataset latents {store.root} --vae VAE` first)")
+
+
 def open_latents(root: str | Path, split: str | None = "train") -> tuple[StoreDataset, dict]:
     """The `latents` table of a dataset as items {"z": raw [C, H, W], "index"}, and its stats.json.
 
@@ -99,8 +105,7 @@ def open_latents(root: str | Path, split: str | None = "train") -> tuple[StoreDa
     """
     root = Path(root)
     store = DatasetStore(root)
-    if not store.has_table(LATENTS):
-        raise DataError(f"{root}: no '{LATENTS}' table (run `lost dataset latents {root} --vae VAE` first)")
+    require_latents(store)
     stats = store.read_stats(LATENTS)
     for key in ("mean", "std"):
         if not isinstance(stats.get(key), list):
