@@ -15,7 +15,7 @@ from lostcli.cli import tokenizer as tokenizer_cli
 from lostcli.config import load_config
 from lostcli.data.store import DatasetStore, ShardWriter
 from lostcli.errors import ConfigError, DataError
-from lostcli.models.flow import noised, predict_x0
+from lostcli.models.flow import noised, predict_x0, sample_u
 from lostcli.models.lost import LoSTConfig, LoSTTokenizer, build_tokenizer
 from lostcli.models.rida import build_student
 from lostcli.train.tokenizer import (TokenizerObjectiveConfig, TokenizerRunConfig, TokenizerTask, build_task,
@@ -142,6 +142,37 @@ def test_semantic_loss_values_and_gradients():
     assert all(p.grad is None for p in student.parameters())
     trainable = {id(p) for p in task.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in tok.parameters()}  # the optimizer sees the tokenizer only
+
+
+def test_semantic_batch_scores_the_first_n_samples():
+    z = _latents(8)
+    whole, part = _task(z, semantic_weight=1.0), _task(z, semantic_weight=1.0, semantic_batch=3)
+    part.load_state_dict(whole.state_dict())
+    with torch.no_grad():  # off the zero-output init, so x0_hat depends on the sample
+        for p in whole.tokenizer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    part.load_state_dict(whole.state_dict())
+    tok, student = whole.tokenizer, whole.student
+    outs = []
+    for task in (whole, part):
+        torch.manual_seed(0)  # the same keep / drop / time / noise draws in both
+        outs.append(task({"z": z}))
+    # reproduce the draws: the semantic term of `part` is the loss of the batch's first 3 samples alone
+    torch.manual_seed(0)
+    x0 = tok.normalize(z)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(8, nested=True), tok.sample_drop(8)
+    u = sample_u(8, "logit_normal", shift=1.0)
+    x_t, t, _ = noised("flow", x0, torch.randn_like(x0), u)
+    with torch.no_grad():
+        x0_hat = predict_x0("flow", x_t, t, tok.decoder_forward(x_t, t, tokens, keep, drop))
+        first3 = float(semantic_loss(student, tok, x0_hat[:3], x0[:3]))
+        all8 = float(semantic_loss(student, tok, x0_hat, x0))
+    assert float(outs[1]["semantic"]) == pytest.approx(first3, abs=1e-6)
+    assert float(outs[0]["semantic"]) == pytest.approx(all8, abs=1e-6) and abs(first3 - all8) > 1e-5
+    assert float(outs[0]["denoise"]) == pytest.approx(float(outs[1]["denoise"]), abs=1e-7)  # denoise: whole batch
+    with pytest.raises(ConfigError, match="tokenizer.semantic_batch"):
+        _task(z, semantic_weight=1.0, semantic_batch=-1)
 
 
 def test_task_checks():

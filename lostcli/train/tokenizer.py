@@ -54,6 +54,10 @@ class TokenizerObjectiveConfig:
     time_sampling: str = "logit_normal"  # flow: sigma ~ sigmoid(N(0, 1)) or "uniform"; ddpm: timestep = floor(u T)
     time_shift: float = 1.0  # s > 1 moves training times towards noise: u -> s u / (1 + (s - 1) u) (SD3)
     semantic_weight: float = 1.0  # lambda of 1 - cos(f(x0_hat), f(x0)); 0 disables it (no --rida needed)
+    # samples per batch the semantic loss sees (the batch's first n; batches are drawn at random, so the mean
+    # stays unbiased): 0 = all. The frozen student's forward + backward costs about as much as the tokenizer
+    # step on a CPU; a quarter of the batch keeps the tiny recipe within its time budget.
+    semantic_batch: int = 0
     nest_after: int = 50  # epochs trained with all R registers kept before nested dropout starts (paper: 50 of 250)
     sample_steps: int = 25  # sampling defaults stored with the export: scheduler steps
     guidance: float = 3.0  # sampling defaults stored with the export: classifier-free guidance scale
@@ -77,6 +81,7 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
         ("tokenizer.num_train_timesteps", cfg.num_train_timesteps >= 2, "must be >= 2"),
         ("tokenizer.time_shift", cfg.time_shift > 0, "must be > 0"),
         ("tokenizer.semantic_weight", cfg.semantic_weight >= 0, "must be >= 0"),
+        ("tokenizer.semantic_batch", cfg.semantic_batch >= 0, "must be >= 0 (0 = the whole batch)"),
         ("tokenizer.nest_after", cfg.nest_after >= 0, "must be >= 0 (epochs)"),
         ("tokenizer.sample_steps", cfg.sample_steps >= 1, "must be >= 1"),
         ("tokenizer.guidance", cfg.guidance >= 0, "must be >= 0"),
@@ -225,8 +230,9 @@ class TokenizerTask(nn.Module):
         out = {"denoise": denoise.detach(), "keep_mean": keep.float().mean()}
         loss = denoise
         if self.student is not None:
-            x0_hat = predict_x0(cfg.scheduler, x_t, t, pred, cfg.num_train_timesteps)
-            semantic = semantic_loss(self.student, tok, x0_hat, x0)
+            n = cfg.semantic_batch or B  # the first n samples (random draws) stand for the batch
+            x0_hat = predict_x0(cfg.scheduler, x_t[:n], t[:n], pred[:n], cfg.num_train_timesteps)
+            semantic = semantic_loss(self.student, tok, x0_hat, x0[:n])
             loss = loss + cfg.semantic_weight * semantic
             out["semantic"] = semantic.detach()
         return {"loss": loss, **out}
