@@ -115,9 +115,10 @@ def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_
     noise = torch.randn(x.shape, generator=gen).to(device)
     u = torch.full((len(x),), float(cfg.t), device=device)
     x_t, t, _ = noised(kind, x, noise, u)
+    probe_data = (tokens_probe.cpu(), x_probe.cpu(), tokens.cpu(), x.cpu())  # the ridge fits run on the CPU
     rows = []
     for k in ks:
-        p_nmse, lam = probe_nmse(tokens_probe.cpu(), x_probe.cpu(), tokens.cpu(), x.cpu(), k, var)
+        p_nmse, lam = probe_nmse(*probe_data, k, var)
         post = []
         for i in range(0, len(x), cfg.batch_size):
             sl = slice(i, i + cfg.batch_size)
