@@ -15,7 +15,7 @@ from lostcli.config import load_config
 from lostcli.data.store import DatasetStore, ShardWriter
 from lostcli.train.teacher import TeacherRunConfig
 
-from conftest import cli, cli_ok
+from conftest import cli, cli_ok, one_error
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.embed_dim=32", "--set", "model.image_size=32", "--set", "model.patch_size=8",
@@ -115,3 +115,12 @@ def test_offline_hub_teacher_one_line_error(tmp_path, capsys, monkeypatch):
     assert not (root / "features").exists()
     code, _, err = cli(capsys, "teacher", "eval", "--teacher", "timm:nope_model", "--data", root)
     assert code == 2 and err.startswith("error: timm:nope_model: unknown timm model") and len(err.splitlines()) == 1
+
+
+def test_category_caption_prob_out_of_range_is_one_line_error(tmp_path, capsys):
+    root = make_store(tmp_path / "ds")
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "teacher", "train", "--recipe", REPO / "recipes" / "tiny" / "teacher.yaml",
+                       "--data", root, "--out", run, "--set", "data.category_caption_prob=1.5")
+    assert code == 2 and "data.category_caption_prob: must be in [0, 1] (got 1.5)" in one_error(err)
+    assert not run.exists()  # refused before the run directory is made

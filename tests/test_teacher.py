@@ -300,6 +300,39 @@ def test_task_loss_falls_on_synthetic_pairs(tmp_path):
     torch.testing.assert_close(g_task, g_loaded)
 
 
+def test_category_captions_make_one_category_positives(tmp_path):
+    root = make_store(tmp_path / "ds")
+    ds = RenderCaptionDataset(root, "train", image_size=32, context_length=16)
+    item = ds[0]
+    cat = ds.records[0]["category"]
+    assert torch.equal(item["text_category"], ds.tokenizer([f"a {cat}"])[0])
+    assert not torch.equal(item["text_category"], item["text"])
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("renders", "text", "text_category")}
+    B = batch["text"].shape[0]
+    half = ClipTask(tiny_teacher(), category_caption_prob=0.5)
+    plain = ClipTask(tiny_teacher())
+    torch.manual_seed(3)
+    out = half(batch)
+    # replay: the task draws its caption choice first, then the views; the loss is CLIP on the mixed captions
+    torch.manual_seed(3)
+    short = torch.rand(B) < 0.5
+    mixed = dict(batch, text=torch.where(short[:, None], batch["text_category"], batch["text"]))
+    ref = plain(mixed)
+    assert 0 < int(short.sum()) < B
+    assert float(out["loss"]) == pytest.approx(float(ref["loss"]), abs=1e-6)
+    # every caption short: a category's shapes share one caption, so they are each other's positives
+    every_task = ClipTask(tiny_teacher(), category_caption_prob=1.0)  # (tiny_teacher reseeds: build first)
+    torch.manual_seed(3)
+    every = every_task(batch)
+    torch.manual_seed(3)
+    torch.rand(B)
+    ref = plain(dict(batch, text=batch["text_category"]))
+    assert float(every["loss"]) == pytest.approx(float(ref["loss"]), abs=1e-6)
+    assert float(every["loss"]) != pytest.approx(float(out["loss"]), abs=1e-3)
+    with pytest.raises(ConfigError, match="data.category_caption_prob"):
+        ClipTask(tiny_teacher(), category_caption_prob=1.5)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Features and retrieval
 # ----------------------------------------------------------------------------------------------------

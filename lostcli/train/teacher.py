@@ -3,7 +3,8 @@
 Each step takes a batch of shapes, picks one of the 4 views of each at random (torch RNG, so resuming
 reproduces it), and minimises the symmetric InfoNCE loss with a learned logit scale. Shapes whose
 captions are identical are all counted as positives of each other (soft targets), so repeated captions
-in a batch are not pushed apart. The export is the built-in teacher folder that `load_teacher` reads.
+in a batch are not pushed apart. With `data.category_caption_prob` p > 0, each pair uses the short caption
+"a CATEGORY" with probability p, so shapes of one category in a batch become positives. The export is the built-in teacher folder that `load_teacher` reads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ..config import OptimConfig, TrainConfig
 from ..data.store import DatasetStore
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.teacher import ClipTeacher, ClipTeacherConfig, resize_images_u8
 from .loop import Task
 
@@ -29,6 +30,9 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on the learned temperature
 @dataclass
 class TeacherDataConfig:
     cache: bool = True  # keep the resized renders and token ids of every item in memory after the first read
+    # P(a training pair uses the short caption CATEGORY_CAPTION instead of the shape's own caption). Shapes that
+    # share it in a batch are positives of each other, which pulls one category's renders together.
+    category_caption_prob: float = 0.0
 
 
 @dataclass
@@ -40,8 +44,18 @@ class TeacherRunConfig:
     split: str = "train"  # dataset split to train on
 
 
+CATEGORY_CAPTION = "a {category}"  # the short caption of `data.category_caption_prob`
+
+
+def check_category_caption_prob(p: float) -> None:
+    """ConfigError naming `data.category_caption_prob` unless 0 <= p <= 1."""
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"data.category_caption_prob: must be in [0, 1] (got {p!r})")
+
+
 class RenderCaptionDataset(Dataset):
-    """Shapes of one split as {"renders": uint8 [4, S, S, 3], "text": long [L], "index": long}.
+    """Shapes of one split as {"renders": uint8 [4, S, S, 3], "text": long [L], "text_category": long [L],
+    "index": long}; "text_category" is CATEGORY_CAPTION (the caption itself for items without a category).
 
     Renders are resized to the teacher's input size S once per item (with the teachers' own resampling);
     with `cache=True` the result stays in memory (1008 shapes at S = 128: about 200 MB), so later epochs
@@ -79,8 +93,10 @@ class RenderCaptionDataset(Dataset):
         else:
             rec = self.records[index]
             renders = torch.from_numpy(np.ascontiguousarray(self.store.load(rec["id"], keys=["renders"])["renders"]))
+            short = CATEGORY_CAPTION.format(category=rec["category"]) if rec.get("category") else rec["caption"]
             item = {"renders": resize_images_u8(renders, self.image_size),  # [4, S, S, 3]
-                    "text": self.tokenizer([rec["caption"]])[0]}  # [L]
+                    "text": self.tokenizer([rec["caption"]])[0],  # [L]
+                    "text_category": self.tokenizer([short])[0]}  # [L]
             if self.cache is not None:
                 self.cache[index] = item
         return {**item, "index": torch.tensor(index)}
@@ -111,14 +127,20 @@ class ClipTask(Task):
 
     find_unused_parameters = False  # every parameter of both towers and the logit scale gets a gradient
 
-    def __init__(self, teacher: ClipTeacher, run_config: dict | None = None) -> None:
+    def __init__(self, teacher: ClipTeacher, run_config: dict | None = None,
+                 category_caption_prob: float = 0.0) -> None:
         super().__init__()
+        check_category_caption_prob(category_caption_prob)
         self.teacher = teacher
+        self.category_caption_prob = category_caption_prob
         self.run_config = run_config or {}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         renders, ids = batch["renders"], batch["text"]  # uint8 [B, V, S, S, 3], long [B, L]
         B, V = renders.shape[:2]
+        if self.category_caption_prob > 0:  # torch RNG: a resumed run draws the same captions
+            short = torch.rand(B, device=ids.device) < self.category_caption_prob
+            ids = torch.where(short[:, None], batch["text_category"], ids)
         view = torch.randint(0, V, (B,), device=renders.device)  # one random view per shape
         x = self.teacher.preprocess(renders[torch.arange(B, device=renders.device), view])  # [B, 3, S, S]
         img, _ = self.teacher.model.visual(x)  # [B, D]
