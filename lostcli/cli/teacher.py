@@ -34,16 +34,16 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOpt = N
     from ..config import to_dict
     from ..models.teacher import ClipTeacher
     from ..train.loop import seed_everything, train as run_train
-    from ..train.teacher import ClipTask, RenderCaptionDataset, TeacherRunConfig, check_category_caption_prob
+    from ..train.teacher import ClipTask, RenderCaptionDataset, TeacherRunConfig
     from .common import start_run
 
     cfg = resolve_config(TeacherRunConfig, recipe, sets)
     require_dir(data, "dataset")
-    check_category_caption_prob(cfg.data.category_caption_prob)
     dataset = RenderCaptionDataset(data, cfg.split, cfg.model.image_size, cfg.model.text_context, cache=cfg.data.cache)
-    start_run(out, cfg)
     seed_everything(cfg.train.seed)
+    # the task checks its settings: built before the run directory, so a refused value leaves nothing behind
     task = ClipTask(ClipTeacher(cfg.model), run_config=to_dict(cfg), category_caption_prob=cfg.data.category_caption_prob)
+    start_run(out, cfg)
     result = run_train(task, dataset, cfg.train, cfg.optim, out, resume=resume, run_config=to_dict(cfg))
     console.print(f"trained {result.steps} steps on {len(dataset)} shapes, final loss {result.final_loss:.4f} "
                   f"({result.seconds:.0f} s); export: {result.export_dir}")

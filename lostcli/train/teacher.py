@@ -48,12 +48,6 @@ class TeacherRunConfig:
 CATEGORY_CAPTION = "a {category}"  # the short caption of `data.category_caption_prob`
 
 
-def check_category_caption_prob(p: float) -> None:
-    """ConfigError naming `data.category_caption_prob` unless 0 <= p <= 1."""
-    if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"data.category_caption_prob: must be in [0, 1] (got {p!r})")
-
-
 class RenderCaptionDataset(Dataset):
     """Shapes of one split as {"renders": uint8 [4, S, S, 3], "text": long [L], "text_category": long [L],
     "index": long}; "text_category" is CATEGORY_CAPTION (the caption itself for items without a category).
@@ -131,7 +125,8 @@ class ClipTask(Task):
     def __init__(self, teacher: ClipTeacher, run_config: dict | None = None,
                  category_caption_prob: float = 0.0) -> None:
         super().__init__()
-        check_category_caption_prob(category_caption_prob)
+        if not 0.0 <= category_caption_prob <= 1.0:
+            raise ConfigError(f"data.category_caption_prob: must be in [0, 1] (got {category_caption_prob!r})")
         self.teacher = teacher
         self.category_caption_prob = category_caption_prob
         self.run_config = run_config or {}
