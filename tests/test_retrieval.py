@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from lostcli.errors import DataError
-from lostcli.eval.retrieval import (RetrievalSet, evaluate_embeddings, raw_embeddings, retrieval_metrics,
+from lostcli.eval.retrieval import (RetrievalSet, bootstrap_indices, evaluate_embeddings, interval,
+                                   per_query_metrics, raw_embeddings, retrieval_metrics, retrieval_table,
                                    top_k_excluding_self, write_report)
+from lostcli.models.rida import build_student
 
 
 def test_metrics_hand_computed_k2():
@@ -77,3 +79,52 @@ def test_write_report(tmp_path):
     assert doc["rows"] == rows and doc["teacher"] == "tiny-clip"
     md = md_path.read_text()
     assert "| mAP@3 | 10.00% | 25.00% |" in md and "## test split, K = 5 (8 shapes)" in md
+
+
+def test_per_query_metrics_are_the_hand_values_behind_the_means():
+    gt = torch.tensor([[1, 2], [0, 4], [3, 4]])
+    q = per_query_metrics(gt, torch.tensor([[2, 3], [3, 0], [4, 3]]))  # the k2 case above
+    assert torch.allclose(q["map"], torch.tensor([0.5, 0.25, 1.0]))
+    assert torch.allclose(q["recall"], torch.tensor([0.5, 0.5, 1.0]))
+    assert torch.allclose(q["jaccard"], torch.tensor([1 / 3, 1 / 3, 1.0]))
+
+
+def test_bootstrap_is_seeded_and_interval_is_a_percentile_range():
+    a, b = bootstrap_indices(10, draws=50, seed=3), bootstrap_indices(10, draws=50, seed=3)
+    assert a.shape == (50, 10) and torch.equal(a, b) and int(a.min()) >= 0 and int(a.max()) <= 9
+    assert not torch.equal(a, bootstrap_indices(10, draws=50, seed=4))
+    assert interval(torch.full((100,), 0.3)) == pytest.approx([0.3, 0.3])
+    lo, hi = interval(torch.arange(1001, dtype=torch.float32))  # 0..1000: 2.5% and 97.5% quantiles
+    assert lo == pytest.approx(25.0) and hi == pytest.approx(975.0)
+
+
+def test_table_rows_carry_intervals_and_paired_ratio_to_raw():
+    data = _set()
+    torch.manual_seed(0)
+    student = build_student("rida_tiny", latent_channels=2, plane_res=2, width=16, depth=1, heads=2, out_dim=8)
+    student.set_latent_stats(data.latent_stats["mean"], data.latent_stats["std"])
+    rows = retrieval_table([data], {"rida": student, "raw": None})  # raw is scored first whatever the order
+    assert rows == retrieval_table([data], {"rida": student, "raw": None})  # seeded: reproducible
+    by = {(r["method"], r["K"]): r for r in rows}
+    assert [r["method"] for r in rows[:2]] == ["raw", "raw"]
+    for r in rows:
+        for metric in ("recall", "map"):
+            lo, hi = r[f"{metric}_ci"]
+            assert 0.0 <= lo <= r[metric] <= hi <= 1.0
+    for k in (3, 5):
+        raw, rida = by[("raw", k)], by[("rida", k)]
+        assert "map_vs_raw" not in raw
+        assert raw["map"] > 0 and rida["map_vs_raw"] == pytest.approx(rida["map"] / raw["map"])
+        lo, hi = rida["map_vs_raw_ci"]
+        assert lo < rida["map_vs_raw"] < hi  # 8 queries: a wide interval around the ratio
+
+
+def test_write_report_shows_intervals_and_ratios(tmp_path):
+    rows = [{"method": "raw", "split": "test", "K": 3, "recall": 0.4, "map": 0.3, "jaccard": 0.2, "n": 8,
+             "recall_ci": [0.3, 0.5], "map_ci": [0.2, 0.4]},
+            {"method": "rida", "split": "test", "K": 3, "recall": 0.5, "map": 0.45, "jaccard": 0.3, "n": 8,
+             "recall_ci": [0.4, 0.6], "map_ci": [0.35, 0.55], "map_vs_raw": 1.5, "map_vs_raw_ci": [1.2, 1.9]}]
+    _, md_path = write_report(rows, tmp_path, {"teacher": "t", "command": "c"})
+    md = md_path.read_text()
+    assert "| mAP@3 95% interval | [20.0, 40.0]% | [35.0, 55.0]% |" in md
+    assert "| mAP@3 / raw (paired 95% interval) | - | 1.50x [1.20, 1.90] |" in md

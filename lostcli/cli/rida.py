@@ -78,6 +78,10 @@ def evaluate(
     json_path, md_path = write_report(rows, out, {"teacher": teacher, "command": " ".join(["lost", *sys.argv[1:]])})
     for r in rows:
         if r["K"] == 3:
+            lo, hi = r["map_ci"]
+            ratio = (f"  = {r['map_vs_raw']:.2f}x raw [{r['map_vs_raw_ci'][0]:.2f}, {r['map_vs_raw_ci'][1]:.2f}]"
+                     if "map_vs_raw" in r else "")
             console.print(f"{r['split']:>5} {r['method']:>12}: Recall@3 {100 * r['recall']:.1f}%  "
-                          f"mAP@3 {100 * r['map']:.1f}%  Jaccard {100 * r['jaccard']:.1f}%")
+                          f"mAP@3 {100 * r['map']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]  "
+                          f"Jaccard {100 * r['jaccard']:.1f}%{ratio}")
     console.print(f"wrote {md_path} and {json_path}")

@@ -8,6 +8,12 @@ Kaggle definition). Every figure is a mean over query shapes, a fraction in [0, 
 
 Methods: "raw" (cosine on the flattened normalised latents), and any trained student (RIDA, the direct
 regression baseline, ablations) through its L2-normalised global embedding `RidaStudent.embed`.
+
+Uncertainty (ours, not in PROTOCOLS): a split holds only ~100 query shapes, so every row also carries a 95%
+percentile-bootstrap interval of its mean Recall@K and mAP@K over the queries (`recall_ci`, `map_ci`), and each
+student its mAP@K ratio to the raw latents with a paired interval (`map_vs_raw`, `map_vs_raw_ci`: the same
+resampled queries for both methods). The ground-truth sets stay fixed; only which queries are averaged is
+resampled, with a fixed seed, so the figures are reproducible.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from ..models.rida import RidaStudent
 
 KS = (3, 5)
 LATENTS, FEATURES = "latents", "features"
+BOOTSTRAP_DRAWS = 2000  # query resamples behind each 95% interval
+BOOTSTRAP_SEED = 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -44,14 +52,30 @@ def top_k_excluding_self(sim: torch.Tensor, k: int) -> torch.Tensor:
     return masked.topk(k, dim=1).indices
 
 
-def retrieval_metrics(gt: torch.Tensor, retrieved: torch.Tensor) -> dict[str, float]:
-    """Mean Recall@K, mAP@K and Jaccard of ranked retrievals [n, K] against ground-truth sets [n, K]."""
+def per_query_metrics(gt: torch.Tensor, retrieved: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Recall@K, AP@K and Jaccard [n] of each query's ranked retrieval [n, K] against its ground truth [n, K]."""
     n, K = retrieved.shape
     rel = (retrieved[:, :, None] == gt[:, None, :]).any(dim=2).float()  # [n, K] rel(j)
     o = rel.sum(dim=1)  # [n]
     precision_at = rel.cumsum(dim=1) / torch.arange(1, K + 1, dtype=torch.float32)  # [n, K] P(j)
     ap = (precision_at * rel).sum(dim=1) / K
-    return {"recall": float((o / K).mean()), "map": float(ap.mean()), "jaccard": float((o / (2 * K - o)).mean())}
+    return {"recall": o / K, "map": ap, "jaccard": o / (2 * K - o)}
+
+
+def retrieval_metrics(gt: torch.Tensor, retrieved: torch.Tensor) -> dict[str, float]:
+    """Mean Recall@K, mAP@K and Jaccard of ranked retrievals [n, K] against ground-truth sets [n, K]."""
+    return {name: float(v.mean()) for name, v in per_query_metrics(gt, retrieved).items()}
+
+
+def bootstrap_indices(n: int, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
+    """[draws, n] query indices drawn with replacement (seeded; shared by methods for paired intervals)."""
+    return torch.randint(n, (draws, n), generator=torch.Generator().manual_seed(seed))
+
+
+def interval(samples: torch.Tensor, level: float = 0.95) -> list[float]:
+    """[lo, hi]: the central `level` percentile interval of bootstrap samples [draws]."""
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return [float(v) for v in torch.quantile(samples.double(), q)]
 
 
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -60,10 +84,13 @@ def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
     return x @ x.T
 
 
-def evaluate_embeddings(teacher: torch.Tensor, method: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[int, dict]:
-    """{K: metrics} of a method's embeddings [n, D] against the teacher's global embeddings [n, Dt]."""
+def evaluate_embeddings(teacher: torch.Tensor, method: torch.Tensor, ks: tuple[int, ...] = KS,
+                        per_query: bool = False) -> dict[int, dict]:
+    """{K: metrics} of a method's embeddings [n, D] against the teacher's global embeddings [n, Dt]:
+    means (floats), or with `per_query` the values [n] of every query (`per_query_metrics`)."""
     t_sim, m_sim = cosine_matrix(teacher), cosine_matrix(method)
-    return {k: retrieval_metrics(top_k_excluding_self(t_sim, k), top_k_excluding_self(m_sim, k)) for k in ks}
+    metrics = per_query_metrics if per_query else retrieval_metrics
+    return {k: metrics(top_k_excluding_self(t_sim, k), top_k_excluding_self(m_sim, k)) for k in ks}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -123,16 +150,32 @@ def student_embeddings(student: RidaStudent, z: torch.Tensor, batch_size: int = 
 
 def retrieval_table(sets: list[RetrievalSet], methods: dict[str, RidaStudent | None],
                     progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Rows {method, split, K, recall, map, jaccard, n} for every method (None = raw latents) and set."""
+    """Rows {method, split, K, recall, map, jaccard, n, recall_ci, map_ci} for every method (None = raw latents)
+    and set; students also get `map_vs_raw` and its paired interval `map_vs_raw_ci` when "raw" is a method."""
     rows = []
     for data in sets:
-        for name, student in methods.items():
+        idx = bootstrap_indices(len(data.ids))  # one resampling per set, shared by its methods (paired)
+        raw_map: dict[int, torch.Tensor] = {}
+        for name, student in sorted(methods.items(), key=lambda kv: kv[1] is not None):  # raw first
             if progress:
                 progress(f"{name} on {data.name} ({len(data.ids)} shapes)")
             emb = raw_embeddings(data) if student is None else student_embeddings(student, data.z)
-            for k, m in evaluate_embeddings(data.teacher, emb).items():
-                rows.append({"method": name, "split": data.name, "K": k, **m, "n": len(data.ids)})
+            for k, q in evaluate_embeddings(data.teacher, emb, per_query=True).items():
+                row = {"method": name, "split": data.name, "K": k, **{m: float(v.mean()) for m, v in q.items()},
+                       "n": len(data.ids), "recall_ci": interval(q["recall"][idx].mean(1)),
+                       "map_ci": interval(q["map"][idx].mean(1))}
+                if student is None:
+                    raw_map[k] = q["map"]
+                elif k in raw_map:
+                    row["map_vs_raw"] = row["map"] / max(float(raw_map[k].mean()), 1e-12)
+                    ratios = q["map"][idx].mean(1) / raw_map[k][idx].mean(1).clamp_min(1e-12)
+                    row["map_vs_raw_ci"] = interval(ratios)
+                rows.append(row)
     return rows
+
+
+def _pct_interval(ci: list[float] | None) -> str:
+    return "-" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]%"
 
 
 def write_report(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Path]:
@@ -143,7 +186,9 @@ def write_report(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Pat
     json_path.write_text(json.dumps({"rows": rows, **meta}, indent=2) + "\n")
     lines = ["# Shape retrieval (PROTOCOLS.md \"Retrieval\")", "",
              f"Ground truth: top-K neighbours by teacher cosine ({meta.get('teacher', 'teacher')}, global "
-             "embedding averaged over 4 views), self excluded. Candidates: top-K of each method's embedding.",
+             "embedding averaged over 4 views), self excluded. Candidates: top-K of each method's embedding. "
+             f"Intervals: 95% percentile bootstrap over the query shapes ({BOOTSTRAP_DRAWS} resamples, seed "
+             f"{BOOTSTRAP_SEED}; paired for the ratios to raw latents).",
              f"Command: `{meta.get('command', '')}`", ""]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for split in dict.fromkeys(r["split"] for r in rows):
@@ -154,6 +199,13 @@ def write_report(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Pat
                       "| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
             for metric, label in (("recall", f"Recall@{k}"), ("map", f"mAP@{k}"), ("jaccard", "Jaccard")):
                 lines.append(f"| {label} | " + " | ".join(f"{100 * sel[m][metric]:.2f}%" for m in methods) + " |")
+                if any(f"{metric}_ci" in r for r in sel.values()):
+                    lines.append(f"| {label} 95% interval | " + " | ".join(
+                        _pct_interval(sel[m].get(f"{metric}_ci")) for m in methods) + " |")
+            if any("map_vs_raw" in r for r in sel.values()):
+                lines.append(f"| mAP@{k} / raw (paired 95% interval) | " + " | ".join(
+                    f"{sel[m]['map_vs_raw']:.2f}x [{sel[m]['map_vs_raw_ci'][0]:.2f}, {sel[m]['map_vs_raw_ci'][1]:.2f}]"
+                    if "map_vs_raw" in sel[m] else "-" for m in methods) + " |")
             lines.append("")
     md_path.write_text("\n".join(lines))
     return json_path, md_path
