@@ -134,6 +134,18 @@ def test_recon_table_values(setup, tmp_path):
     if ok:
         assert vae_row["chamfer"] == pytest.approx(float(np.median(ok)))
     assert vae_row["fscore_0.01"] == pytest.approx(float(np.median([p["fscore_0.01"] for p in per])))
+    # bootstrap intervals: around each median; the paired change of each k from the previous k
+    for row in rep["rows"]:
+        if row["chamfer"] is not None:
+            lo, hi = row["chamfer_ci"]
+            assert lo <= row["chamfer"] <= hi
+    by_k = {r["k"]: r for r in rep["rows"]}
+    assert "chamfer_change" not in by_k[1] and "chamfer_change" not in by_k["vae"]
+    for k, prev in ((4, 1), (8, 4)):
+        assert by_k[k]["chamfer"] is not None and by_k[prev]["chamfer"] is not None  # seeded: surfaces exist
+        assert by_k[k]["chamfer_change"] == pytest.approx(by_k[k]["chamfer"] - by_k[prev]["chamfer"])
+        lo, hi = by_k[k]["chamfer_change_ci"]
+        assert lo <= hi
 
     # the VAE row is the VAE's own reconstruction, measured as PROTOCOLS says
     from lostcli.data.store import DatasetStore
@@ -155,6 +167,7 @@ def test_recon_table_values(setup, tmp_path):
     md = (tmp_path / "recon.md").read_text()
     assert "x10^-2" in md and "k = 8 (all)" in md and "mean latent (floor)" in md and "0.900" in md
     assert "| FD-render-classifier | KID (x10^3) |" in md
+    assert "95% bootstrap interval" in md and "change from k = 1:" in md and "change from k = 4:" in md
     for name in ("1", "4", "8", "vae", "mean", "curve"):
         assert (tmp_path / f"recon_{name}.png").stat().st_size > 1000
 
@@ -196,6 +209,8 @@ def test_cli_recon(setup, tmp_path, capsys):
     assert [r["k"] for r in rep["rows"]] == [2, 8, "vae", "mean"]
     assert rep["command"].startswith("lost ") and rep["settings"]["steps"] == 2
     assert "k=    2" in stdout and "chance 0.333" in stdout
+    k8 = rep["rows"][1]  # the change from k = 2, with its interval, on the printed line
+    assert f"(change {100 * k8['chamfer_change']:+.3f} [{100 * k8['chamfer_change_ci'][0]:+.3f}," in stdout
     assert rep["dropped_ks"] == [64] and "k = 64 skipped" in err and "k = 64 (longer than R = 8)" in (out / "recon.md").read_text()
     code, _, err = run("eval", "recon", "--model", bundle, "--data", data, "--tokens", "64", "--out", out)
     assert code == 2 and err.count("\n") == 1 and "1..8" in err

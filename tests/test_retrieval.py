@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from lostcli.errors import DataError
-from lostcli.eval.retrieval import (RetrievalSet, bootstrap_indices, evaluate_embeddings, interval,
-                                   per_query_metrics, raw_embeddings, retrieval_metrics, retrieval_table,
-                                   top_k_excluding_self, write_report)
+from lostcli.eval.retrieval import (RetrievalSet, evaluate_embeddings, per_query_metrics, raw_embeddings,
+                                   retrieval_metrics, retrieval_table, top_k_excluding_self, write_report)
 from lostcli.models.rida import build_student
 
 
@@ -87,15 +86,6 @@ def test_per_query_metrics_are_the_hand_values_behind_the_means():
     assert torch.allclose(q["map"], torch.tensor([0.5, 0.25, 1.0]))
     assert torch.allclose(q["recall"], torch.tensor([0.5, 0.5, 1.0]))
     assert torch.allclose(q["jaccard"], torch.tensor([1 / 3, 1 / 3, 1.0]))
-
-
-def test_bootstrap_is_seeded_and_interval_is_a_percentile_range():
-    a, b = bootstrap_indices(10, draws=50, seed=3), bootstrap_indices(10, draws=50, seed=3)
-    assert a.shape == (50, 10) and torch.equal(a, b) and int(a.min()) >= 0 and int(a.max()) <= 9
-    assert not torch.equal(a, bootstrap_indices(10, draws=50, seed=4))
-    assert interval(torch.full((100,), 0.3)) == pytest.approx([0.3, 0.3])
-    lo, hi = interval(torch.arange(1001, dtype=torch.float32))  # 0..1000: 2.5% and 97.5% quantiles
-    assert lo == pytest.approx(25.0) and hi == pytest.approx(975.0)
 
 
 def test_table_rows_carry_intervals_and_paired_ratio_to_raw():

@@ -145,7 +145,10 @@ def _fmt(v: float | None, scale: float = 1.0) -> str:
 
 def row_line(row: dict) -> str:
     """One printed line per table row (CD x 10^-2 as the paper prints it)."""
-    return (f"k={row['k']:>5}: CD x1e-2 {_fmt(row['chamfer'], 100)}  F@0.01 {_fmt(row['fscore_0.01'])}  "
+    change = row.get("chamfer_change_ci")
+    change = (f" (change {100 * row['chamfer_change']:+.3f} [{100 * change[0]:+.3f}, {100 * change[1]:+.3f}])"
+              if change and None not in change and row.get("chamfer_change") is not None else "")
+    return (f"k={row['k']:>5}: CD x1e-2 {_fmt(row['chamfer'], 100)}{change}  F@0.01 {_fmt(row['fscore_0.01'])}  "
             f"class acc {_fmt(row['class_acc'])}  feature sim {_fmt(row.get('feature_sim'))}  "
             f"FD {_fmt(row.get('fd'))}  failures {row['failures']}/{row['n']}")
 

@@ -30,6 +30,7 @@ import trimesh
 from ..data.render import render_views, save_grid
 from ..data.store import DatasetStore, atomic_write_json
 from ..errors import ConfigError, DataError
+from .bootstrap import DRAWS, median_intervals
 from .classifier import LoadedClassifier, classifier_report, classify_views, label_indices, shape_probabilities
 from .fd import (RenderDistance, RenderFeatures, feature_network, local_inception_weights, small_sample_warning,
                  teacher_features)
@@ -149,6 +150,26 @@ class _Row:
             "failures": sum(m["failed"] for m in self.metrics),
             "n": len(self.metrics),
         }
+
+
+def add_chamfer_intervals(table: list[dict], rows: dict[int | str, _Row], ks: list[int]) -> None:
+    """Put bootstrap intervals in the summary rows (`eval/bootstrap.py`, over the shapes):
+    `chamfer_ci` of every row's median Chamfer, and on each token row after the first `chamfer_change` =
+    its median minus the previous k's, with the paired interval `chamfer_change_ci` (below 0 throughout:
+    the fall from the previous k is larger than the noise of which shapes were drawn)."""
+    names = list(rows)
+    cd = np.array([[np.nan if m["failed"] else m["chamfer"] for m in rows[name].metrics] for name in names]).T
+    if cd.size == 0:
+        return
+    ci, _, _ = median_intervals(cd)
+    token_cols = [names.index(k) for k in ks]
+    _, change, change_ci = median_intervals(cd[:, token_cols])
+    by_name = {r["k"]: r for r in table}
+    for name, c in zip(names, ci):
+        by_name[name]["chamfer_ci"] = [_num(v) for v in c]
+    for k, d, c in zip(ks[1:], change, change_ci):
+        by_name[k]["chamfer_change"] = _num(d)
+        by_name[k]["chamfer_change_ci"] = [_num(v) for v in c]
 
 
 def _num(x: Any) -> float | None:
@@ -299,6 +320,7 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
             progress(start + len(chunk), len(records), chunk[-1]["id"])
 
     table = [row.summary() for row in rows.values()]
+    add_chamfer_intervals(table, rows, ks)
     report = {
         "rows": table,
         **classifier_report(classifier),
@@ -361,6 +383,21 @@ def render_markdown(report: dict) -> str:
                      f"{_cell(r['fscore_0.01'])} | {_cell(r['fscore_0.02'])} | {_cell(r['class_acc'])} | "
                      f"{_cell(r['feature_sim'])} | {_cell(r.get('fd'))} | {_cell(r.get('kid'), 1e3, 2)} | "
                      f"{r['failures']}/{r['n']} |")
+    cis = [r for r in report["rows"] if r.get("chamfer_ci")]
+    if cis:
+        lines += ["", f"Median CD (x10^-2) with its 95% bootstrap interval over the shapes ({DRAWS} resamples), and "
+                  "on each k its paired change from the previous k (an interval wholly below 0: a real fall):", ""]
+        prev = None
+        for r in cis:
+            lo, hi = r["chamfer_ci"]
+            text = f"- {_row_label(r['k'], R)}: {_cell(r['chamfer'], 100)} [{_cell(lo, 100)}, {_cell(hi, 100)}]"
+            if r.get("chamfer_change") is not None and r.get("chamfer_change_ci"):
+                dlo, dhi = r["chamfer_change_ci"]
+                text += (f"; change from k = {prev}: {100 * r['chamfer_change']:+.3f} "
+                         f"[{100 * dlo:+.3f}, {100 * dhi:+.3f}]" if dlo is not None and dhi is not None else "")
+            if isinstance(r["k"], int):
+                prev = r["k"]
+            lines.append(text)
     lines += ["", f"- Class accuracy: render classifier `{report['classifier']}` on the 4 views of each "
               f"reconstruction (shape-level, view-averaged logits); its own test accuracy on real renders: "
               f"{_cell(report['classifier_test_acc'])} per shape, {_cell(report['classifier_test_acc_per_view'])} "

@@ -28,13 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import DatasetStore
+from .bootstrap import DRAWS as BOOTSTRAP_DRAWS, SEED as BOOTSTRAP_SEED, bootstrap_indices, interval
 from ..errors import DataError
 from ..models.rida import RidaStudent
 
 KS = (3, 5)
 LATENTS, FEATURES = "latents", "features"
-BOOTSTRAP_DRAWS = 2000  # query resamples behind each 95% interval
-BOOTSTRAP_SEED = 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -65,17 +64,6 @@ def per_query_metrics(gt: torch.Tensor, retrieved: torch.Tensor) -> dict[str, to
 def retrieval_metrics(gt: torch.Tensor, retrieved: torch.Tensor) -> dict[str, float]:
     """Mean Recall@K, mAP@K and Jaccard of ranked retrievals [n, K] against ground-truth sets [n, K]."""
     return {name: float(v.mean()) for name, v in per_query_metrics(gt, retrieved).items()}
-
-
-def bootstrap_indices(n: int, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED) -> torch.Tensor:
-    """[draws, n] query indices drawn with replacement (seeded; shared by methods for paired intervals)."""
-    return torch.randint(n, (draws, n), generator=torch.Generator().manual_seed(seed))
-
-
-def interval(samples: torch.Tensor, level: float = 0.95) -> list[float]:
-    """[lo, hi]: the central `level` percentile interval of bootstrap samples [draws]."""
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    return [float(v) for v in torch.quantile(samples.double(), q)]
 
 
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""Percentile-bootstrap intervals (eval/bootstrap.py) on hand-made cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lostcli.eval.bootstrap import bootstrap_indices, interval, median_intervals
+
+
+def test_indices_are_seeded_and_in_range():
+    a, b = bootstrap_indices(10, draws=50, seed=3), bootstrap_indices(10, draws=50, seed=3)
+    assert a.shape == (50, 10) and torch.equal(a, b) and int(a.min()) >= 0 and int(a.max()) <= 9
+    assert not torch.equal(a, bootstrap_indices(10, draws=50, seed=4))
+
+
+def test_interval_is_the_central_percentile_range():
+    assert interval(torch.full((100,), 0.3)) == pytest.approx([0.3, 0.3])
+    assert interval(np.arange(1001.0)) == pytest.approx([25.0, 975.0])  # 2.5% and 97.5% quantiles of 0..1000
+    assert interval(np.array([np.nan, 1.0, np.inf, 3.0]), level=1.0) == pytest.approx([1.0, 3.0])  # NaN/inf out
+    assert all(np.isnan(interval(np.array([np.nan]))))
+
+
+def test_median_intervals_see_a_shared_offset_as_exact_and_noise_as_uncertain():
+    rng = np.random.default_rng(0)
+    base = rng.lognormal(0.0, 0.5, size=101)  # per-shape difficulty, shared by every row
+    cd = np.stack([base + 0.2, base + 0.1, base + 0.1 + rng.normal(0, 0.3, 101)], axis=1)  # [n, 3]
+    ci, change, change_ci = median_intervals(cd, draws=500)
+    for j in range(3):
+        med = float(np.median(cd[:, j]))
+        assert ci[j][0] <= med <= ci[j][1] and ci[j][1] - ci[j][0] > 0.05  # 101 skewed values: a wide range
+    # row 1 = row 0 - 0.1 for every shape: the paired change is exactly -0.1 in every resample
+    assert change[0] == pytest.approx(-0.1) and change_ci[0] == pytest.approx([-0.1, -0.1])
+    # row 2 adds independent noise: its change interval is wide and spans 0
+    assert change_ci[1][0] < 0.0 < change_ci[1][1]
+
+
+def test_median_intervals_skip_failures():
+    cd = np.array([[1.0, np.nan], [2.0, 2.5], [3.0, 3.5], [4.0, 4.5]])  # one failed reconstruction in row 1
+    ci, change, _ = median_intervals(cd, draws=200)
+    assert change[0] == pytest.approx(3.5 - 2.5)  # medians over the shapes that have a surface
+    assert 1.0 <= ci[0][0] <= ci[0][1] <= 4.0 and 2.5 <= ci[1][0] <= ci[1][1] <= 4.5
