@@ -158,16 +158,15 @@ def add_chamfer_intervals(table: list[dict], rows: dict[int | str, _Row], ks: li
     its median minus the previous k's, with the paired interval `chamfer_change_ci` (below 0 throughout:
     the fall from the previous k is larger than the noise of which shapes were drawn)."""
     names = list(rows)
+    assert names[:len(ks)] == ks  # token rows first, in order: their consecutive changes are the first ones
     cd = np.array([[np.nan if m["failed"] else m["chamfer"] for m in rows[name].metrics] for name in names]).T
     if cd.size == 0:
         return
-    ci, _, _ = median_intervals(cd)
-    token_cols = [names.index(k) for k in ks]
-    _, change, change_ci = median_intervals(cd[:, token_cols])
+    ci, change, change_ci = median_intervals(cd)
     by_name = {r["k"]: r for r in table}
     for name, c in zip(names, ci):
         by_name[name]["chamfer_ci"] = [_num(v) for v in c]
-    for k, d, c in zip(ks[1:], change, change_ci):
+    for k, d, c in zip(ks[1:], change, change_ci):  # zip stops at the last token row (no token -> "vae" change)
         by_name[k]["chamfer_change"] = _num(d)
         by_name[k]["chamfer_change_ci"] = [_num(v) for v in c]
 
@@ -391,10 +390,10 @@ def render_markdown(report: dict) -> str:
         for r in cis:
             lo, hi = r["chamfer_ci"]
             text = f"- {_row_label(r['k'], R)}: {_cell(r['chamfer'], 100)} [{_cell(lo, 100)}, {_cell(hi, 100)}]"
-            if r.get("chamfer_change") is not None and r.get("chamfer_change_ci"):
-                dlo, dhi = r["chamfer_change_ci"]
+            dci = r.get("chamfer_change_ci")
+            if r.get("chamfer_change") is not None and dci and None not in dci:
                 text += (f"; change from k = {prev}: {100 * r['chamfer_change']:+.3f} "
-                         f"[{100 * dlo:+.3f}, {100 * dhi:+.3f}]" if dlo is not None and dhi is not None else "")
+                         f"[{100 * dci[0]:+.3f}, {100 * dci[1]:+.3f}]")
             if isinstance(r["k"], int):
                 prev = r["k"]
             lines.append(text)

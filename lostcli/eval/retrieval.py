@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import DatasetStore
-from .bootstrap import DRAWS as BOOTSTRAP_DRAWS, SEED as BOOTSTRAP_SEED, bootstrap_indices, interval
 from ..errors import DataError
 from ..models.rida import RidaStudent
+from .bootstrap import DRAWS as BOOTSTRAP_DRAWS, SEED as BOOTSTRAP_SEED, bootstrap_indices, interval
 
 KS = (3, 5)
 LATENTS, FEATURES = "latents", "features"
