@@ -41,7 +41,8 @@ from .models.lost import WEIGHTS_NAME, LoSTTokenizer
 BUNDLE_NAME = "bundle.json"
 BUNDLE_FORMAT = 1
 REQUIRED = ("vae", "tokenizer")  # components every bundle has; gpt / text_encoder are optional
-SAMPLING_DEFAULTS = {"steps": 25, "guidance": 3.0, "scheduler": "flow"}  # when the tokenizer export names none
+# when the tokenizer export names none; "shift" is the flow sampler's time shift (exports before it: 1.0)
+SAMPLING_DEFAULTS = {"steps": 25, "guidance": 3.0, "scheduler": "flow", "shift": 1.0}
 TOKENS_FORMAT = "lost-tokens/1"
 # generation settings when bundle.json has no "gpt" entry (lost gpt export writes one)
 GENERATION_DEFAULTS = {"guidance": 3.0, "temperature": 1.0, "guidance_schedule": "constant"}
@@ -452,7 +453,8 @@ class LostPipeline:
         z = sample_latents(self.tokenizer, tokens.to(dev, torch.float32), keep,
                            steps=int(steps if steps is not None else self.sampling["steps"]),
                            guidance=float(guidance if guidance is not None else self.sampling["guidance"]),
-                           generator=generator, kind=self.sampling["scheduler"])
+                           generator=generator, kind=self.sampling["scheduler"],
+                           shift=float(self.sampling["shift"]))
         return self.tokenizer.denormalize(z.float())
 
     def decode(

@@ -110,7 +110,7 @@ def test_semantic_loss_values_and_gradients():
     x0 = tok.normalize(z)
     assert float(semantic_loss(student, tok, x0.clone(), x0)) == pytest.approx(0.0, abs=1e-6)
     other = tok.normalize(_latents(6, seed=5))
-    value = float(semantic_loss(student, tok, other, x0))
+    value = float(semantic_loss(student, tok, other, x0, form="global"))
     # the student reads ITS normalisation of the raw latents, not the tokenizer-normalised ones
     with torch.no_grad():
         a = student.embed(student.normalize(tok.denormalize(other)))
@@ -119,6 +119,14 @@ def test_semantic_loss_values_and_gradients():
     with torch.no_grad():
         wrong = float((1 - (student.embed(other) * student.embed(x0)).sum(-1)).mean())
     assert abs(wrong - value) > 1e-4
+    # the default (the authors' form): 1 - cos per spatial token of the student, averaged over tokens
+    spatial = float(semantic_loss(student, tok, other, x0))
+    with torch.no_grad():
+        _, pa = student.forward_features(student.normalize(tok.denormalize(other)))
+        _, pb = student.forward_features(student.normalize(z))
+    by_hand = 1 - (pa * pb).sum(-1) / (pa.norm(dim=-1) * pb.norm(dim=-1))  # [B, N]
+    assert pa.shape[1] > 1 and spatial == pytest.approx(float(by_hand.mean()), abs=1e-5)
+    assert abs(spatial - value) > 1e-4
 
     # the full task: gradient into the tokenizer, none into the frozen student, student stays in eval
     with torch.no_grad():  # off the adaLN-Zero / zero-output init, so the condition reaches the output
@@ -178,7 +186,7 @@ def test_task_checks():
     z = _latents(4)
     with pytest.raises(ConfigError, match="tokenizer.semantic_weight"):
         TokenizerTask(LoSTTokenizer(LoSTConfig(**TINY)), TokenizerObjectiveConfig(semantic_weight=1.0), None)
-    with pytest.raises(ConfigError, match="tokenizer.scheduler"):
+    with pytest.raises(ConfigError, match="tokenizer.prediction"):  # a velocity decoder under a DDPM objective
         TokenizerTask(LoSTTokenizer(LoSTConfig(**TINY)), TokenizerObjectiveConfig(scheduler="ddpm", semantic_weight=0))
     with pytest.raises(ConfigError, match="tokenizer.nest_after"):
         _task(z, nest_after=-1)
@@ -195,7 +203,9 @@ def test_task_checks():
                                                     ("trellis", "lost_trellis", 512)])
 def test_recipes_load_and_build(name, preset, registers):
     cfg = load_config(TokenizerRunConfig, REPO / "recipes" / name / "tokenizer.yaml")
-    assert cfg.model.preset == preset and cfg.tokenizer.semantic_weight == 1.0
+    # the paper's lambda = 1 at paper scale; the tiny recipe scales it down (its gradient dwarfs the denoising one)
+    assert cfg.model.preset == preset and cfg.tokenizer.semantic_weight == (0.1 if name == "tiny" else 1.0)
+    assert cfg.tokenizer.semantic_form == "spatial"  # the authors' form
     assert cfg.tokenizer.scheduler == "flow" and cfg.tokenizer.guidance > 1.0
     model = build_tokenizer(cfg.model.preset, device="meta", **cfg.model.overrides)
     assert model.num_registers == registers and model.config.token_dim == 32
@@ -258,9 +268,10 @@ def test_cli_train_writes_an_export(store, rida_export, tmp_path):
     assert "export" in out
     export = tmp_path / "run" / "export"
     meta = json.loads((export / "config.json").read_text())
-    assert meta["sampling"] == {"scheduler": "flow", "steps": 25, "guidance": 3.0, "num_train_timesteps": 1000}
+    assert meta["sampling"] == {"scheduler": "flow", "steps": 25, "guidance": 3.0, "num_train_timesteps": 1000,
+                                "shift": 3.0}  # the sampler shifts times as training did
     assert meta["rida"]["path"] == str(rida_export) and meta["rida"]["teacher"] == {"name": "synthetic"}
-    assert meta["run"]["tokenizer"]["semantic_weight"] == 1.0 and meta["config"]["latent_shape"] == SHAPE
+    assert meta["run"]["tokenizer"]["semantic_weight"] == 0.1 and meta["config"]["latent_shape"] == SHAPE
     mean, std = _stats(_latents(32, seed=3)[:24])
     np.testing.assert_allclose(meta["latent_stats"]["mean"], mean, rtol=1e-5)
     model = LoSTTokenizer.from_pretrained(tmp_path / "run")

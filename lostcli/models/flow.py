@@ -3,11 +3,19 @@
 Two kinds, chosen by `tokenizer.scheduler` in a recipe:
 
 - "flow" (default): rectified flow / flow matching as FlexTok and SD3. With sigma in [0, 1],
-  x_t = (1 - sigma) x0 + sigma noise and the decoder predicts the velocity v = noise - x0 (what
-  `FlowMatchEulerDiscreteScheduler.scale_noise` and `.step` assume, shift 1.0). Training draws sigma
-  logit-normal (sigmoid of N(0, 1), FlexTok / SD3) or uniform; sampling integrates Euler from sigma = 1 to 0.
-- "ddpm": `DDPMScheduler` (1000 steps, linear betas, epsilon prediction, as Semanticist / DiT) for training,
-  sampled with `DDIMScheduler` (eta 0) built from the same config, so 25 steps suffice.
+  x_t = (1 - sigma) x0 + sigma noise (`FlowMatchEulerDiscreteScheduler.scale_noise`). Training draws sigma
+  logit-normal (sigmoid of N(0, 1), FlexTok / SD3) or uniform, optionally shifted towards noise; sampling
+  integrates Euler from sigma = 1 to 0 with the SAME shift (the scheduler's `shift`), so the sampler spends
+  its steps where training did.
+- "ddpm": `DDPMScheduler` (1000 steps, linear betas, as Semanticist / DiT and the LoST authors' ADM code)
+  for training, sampled with `DDIMScheduler` (eta 0) built from the same config, so 25 steps suffice.
+
+What the decoder output means (`LoSTConfig.prediction`) is a second, independent choice:
+- "velocity" (flow): v = noise - x0; "epsilon" (ddpm): the noise. These are the schedulers' native targets.
+- "sample" (either kind): x0 itself. Near pure noise a velocity / epsilon network must copy its noisy input
+  to the output to be right, an identity a small decoder learns slowly; an x0 network only has to read the
+  tokens there. For sampling, an x0 prediction is turned into the kind's native one (v = (x_t - x0) / sigma
+  for flow; DDIM takes "sample" directly).
 
 The decoder always receives a floating time t01 in [0, 1]: sigma for "flow", timestep / num_train_timesteps
 for "ddpm" (the decoder multiplies it by `LoSTConfig.time_scale`), identically in training and sampling.
@@ -27,7 +35,8 @@ if TYPE_CHECKING:
     from .lost import LoSTTokenizer
 
 KINDS = ("flow", "ddpm")
-PREDICTION = {"flow": "velocity", "ddpm": "epsilon"}  # the decoder target each kind trains (LoSTConfig.prediction)
+PREDICTION = {"flow": "velocity", "ddpm": "epsilon"}  # each kind's native decoder target
+PREDICTIONS = {"flow": ("velocity", "sample"), "ddpm": ("epsilon", "sample")}  # targets each kind can train
 TIME_SAMPLING = ("logit_normal", "uniform")
 
 
@@ -43,20 +52,33 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def make_scheduler(kind: str = "flow", num_train_timesteps: int = 1000, for_sampling: bool = False):
+def check_prediction(kind: str, prediction: str) -> str:
+    """Return `prediction` if scheduler `kind` can train it, else raise ConfigError naming `tokenizer.prediction`."""
+    check_kind(kind)
+    if prediction not in PREDICTIONS[kind]:
+        raise ConfigError(f"tokenizer.prediction: {prediction!r} is not one of {list(PREDICTIONS[kind])} "
+                          f"for tokenizer.scheduler {kind!r}")
+    return prediction
+
+
+def make_scheduler(kind: str = "flow", num_train_timesteps: int = 1000, for_sampling: bool = False,
+                   shift: float = 1.0, prediction: str | None = None):
     """A fresh diffusers scheduler.
 
     Args:
-        kind: "flow" (FlowMatchEulerDiscreteScheduler, shift 1.0) or "ddpm" (DDPMScheduler, epsilon).
+        kind: "flow" (FlowMatchEulerDiscreteScheduler) or "ddpm" (DDPMScheduler).
         num_train_timesteps: length of the training chain.
         for_sampling: "ddpm" only: return the DDIMScheduler that samples the same chain (eta 0).
+        shift: "flow" only: the sampler's time shift sigma -> s sigma / (1 + (s - 1) sigma), the same map
+            `sample_u` applies to training times.
+        prediction: "ddpm" only: the decoder target ("epsilon" default, or "sample").
     """
     check_kind(kind)
     if kind == "flow":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=1.0)
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=float(shift))
     # clip_sample off: normalised latents are not confined to [-1, 1] as pixels are
     ddpm = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear",
-                         prediction_type="epsilon", clip_sample=False)
+                         prediction_type=prediction or "epsilon", clip_sample=False)
     return DDIMScheduler.from_config(ddpm.config) if for_sampling else ddpm
 
 
@@ -98,7 +120,8 @@ def sample_u(batch_size: int, mode: str = "logit_normal", device: torch.device |
 
 
 def noised(kind: str, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor,
-           num_train_timesteps: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           num_train_timesteps: int = 1000, prediction: str | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward process at times u.
 
     Args:
@@ -106,36 +129,41 @@ def noised(kind: str, x0: torch.Tensor, noise: torch.Tensor, u: torch.Tensor,
         x0: clean normalised latents [B, C, H, W].
         noise: N(0, I) of the same shape.
         u: [B] in [0, 1]: sigma for "flow"; for "ddpm" the timestep floor(u T) (clamped to T - 1).
+        prediction: the decoder target (None: the kind's native one, `PREDICTION`).
 
     Returns:
         (x_t [B, C, H, W], t01 [B] float in [0, 1] for the decoder, target [B, C, H, W]):
-        flow: x_t = (1 - sigma) x0 + sigma noise, target v = noise - x0;
-        ddpm: x_t = sqrt(abar) x0 + sqrt(1 - abar) noise (`DDPMScheduler.add_noise`), target noise.
+        flow: x_t = (1 - sigma) x0 + sigma noise, target v = noise - x0 (or x0 for "sample");
+        ddpm: x_t = sqrt(abar) x0 + sqrt(1 - abar) noise (`DDPMScheduler.add_noise`), target noise (or x0).
     """
-    check_kind(kind)
+    prediction = check_prediction(kind, prediction or PREDICTION[kind])
     u = u.to(x0.device)
     if kind == "flow":
         sigma = u.to(x0.dtype)
         s = _expand(sigma, x0)
-        return (1.0 - s) * x0 + s * noise, sigma, noise - x0
+        return (1.0 - s) * x0 + s * noise, sigma, x0 if prediction == "sample" else noise - x0
     T = num_train_timesteps
     timesteps = (u * T).long().clamp(0, T - 1)  # [B] integer timesteps
     abar = _expand(_alphas_cumprod(T).to(x0.device)[timesteps], x0)
     x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise  # = DDPMScheduler.add_noise
-    return x_t, timesteps.to(x0.dtype) / T, noise
+    return x_t, timesteps.to(x0.dtype) / T, x0 if prediction == "sample" else noise
 
 
 def predict_x0(kind: str, x_t: torch.Tensor, t01: torch.Tensor, pred: torch.Tensor,
-               num_train_timesteps: int = 1000) -> torch.Tensor:
-    """The clean latents a prediction implies: flow x_t - sigma v; ddpm (x_t - sqrt(1 - abar) eps) / sqrt(abar).
+               num_train_timesteps: int = 1000, prediction: str | None = None) -> torch.Tensor:
+    """The clean latents a prediction implies: flow x_t - sigma v; ddpm (x_t - sqrt(1 - abar) eps) / sqrt(abar);
+    a "sample" prediction is x0 already.
 
     Args:
         x_t: noised latents [B, C, H, W]; t01: [B] times as `noised` returns them; pred: the decoder output.
+        prediction: what `pred` means (None: the kind's native target).
 
     Returns:
         x0_hat [B, C, H, W] (differentiable in pred).
     """
-    check_kind(kind)
+    prediction = check_prediction(kind, prediction or PREDICTION[kind])
+    if prediction == "sample":
+        return pred
     if kind == "flow":
         return x_t - _expand(t01, x_t) * pred
     T = num_train_timesteps
@@ -159,28 +187,33 @@ def sample_latents(
     generator: torch.Generator | None = None,
     kind: str = "flow",
     num_train_timesteps: int = 1000,
+    shift: float = 1.0,
 ) -> torch.Tensor:
     """Decode token prefixes into normalised latents with classifier-free guidance.
 
     Each step evaluates the conditional and the unconditional (all-null) condition in one batch and mixes
-    v = v_u + guidance (v_c - v_u); guidance 1 runs the conditional pass alone.
+    out = out_u + guidance (out_c - out_u) in the decoder's own target space (velocity, epsilon or x0: the
+    mix is the same affine combination in each, since they are affine in one another at fixed x_t and t);
+    guidance 1 runs the conditional pass alone.
 
     Args:
-        tokenizer: a `LoSTTokenizer` (its decoder must predict `PREDICTION[kind]`).
+        tokenizer: a `LoSTTokenizer`; `config.prediction` says what its decoder outputs.
         tokens: [B, K, token_dim], K <= R.
         keep: [B] (or one int) prefix lengths; positions >= keep are null tokens.
         steps: scheduler steps.
         guidance: CFG scale (1 = no guidance).
         generator: seeds the starting noise (same seed, same output).
         kind: "flow" or "ddpm" (sampled with DDIM).
+        shift: "flow": the time shift training used (`tokenizer.time_shift`), so the steps fall where the
+            decoder was trained.
 
     Returns:
         z_norm [B, C, H, W] (`tokenizer.denormalize` maps it to the VAE's latent space).
     """
-    check_kind(kind)
-    if tokenizer.config.prediction != PREDICTION[kind]:
-        raise ConfigError(f"tokenizer.scheduler: {kind!r} needs a decoder predicting {PREDICTION[kind]!r}, this "
-                          f"one predicts {tokenizer.config.prediction!r}")
+    prediction = tokenizer.config.prediction
+    if prediction not in PREDICTIONS[check_kind(kind)]:
+        raise ConfigError(f"tokenizer.scheduler: {kind!r} cannot sample a decoder predicting {prediction!r} "
+                          f"(it takes {list(PREDICTIONS[kind])})")
     if steps < 1:
         raise ConfigError(f"steps: must be >= 1, got {steps}")
     device = tokens.device
@@ -189,7 +222,7 @@ def sample_latents(
     keep = keep.expand(B) if keep.dim() == 0 else keep
     where = generator.device if generator is not None else device
     x = torch.randn(B, *tokenizer.config.latent_shape, generator=generator, device=where).to(device)
-    scheduler = make_scheduler(kind, num_train_timesteps, for_sampling=True)
+    scheduler = make_scheduler(kind, num_train_timesteps, for_sampling=True, shift=shift, prediction=prediction)
     scheduler.set_timesteps(steps, device=device)
     guided = guidance != 1.0
     if guided:  # [cond ; null] batched together
@@ -206,5 +239,7 @@ def sample_latents(
             out = out_u + guidance * (out_c - out_u)
         else:
             out = tokenizer.decoder_forward(x, t01.expand(B), tokens, keep).float()
+        if kind == "flow" and prediction == "sample":  # x0 -> the velocity the Euler step takes
+            out = (x - out) / t01.clamp(min=1e-6)
         x = scheduler.step(out, t, x).prev_sample
     return x

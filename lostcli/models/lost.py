@@ -39,7 +39,8 @@ from .blocks import (LN_EPS, Block, DiTBlock, FinalLayer, PatchEmbed, TimestepEm
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKEN_EPS = 1e-6  # per-token standardisation: (x - mean) / sqrt(var + eps), biased var over channels
-PREDICTIONS = ("velocity", "epsilon", "sample")  # what the decoder output means (read by the training task)
+PREDICTIONS = ("velocity", "epsilon", "sample")
+KEEP_MODES = ("pow2", "uniform")  # how nested dropout draws the kept prefix length  # what the decoder output means (read by the training task)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,6 +64,10 @@ class LoSTConfig:
     cfg_drop_prob: float = 0.1  # P(whole condition -> null tokens) per training sample (CFG)
     prediction: str = "velocity"  # decoder target: "velocity" (flow matching), "epsilon" or "sample" (x0)
     time_scale: float = 1000.0  # floating t in [0, 1] is multiplied by this; integer timesteps are used as-is
+    # std at init of the encoder's learned register inputs and of the decoder's register position embeddings.
+    # Beside O(1) sin-cos patch positions, 0.02 (timm's) makes every register attend alike, so the R tokens start
+    # as near-copies (cosine 0.98) and the decoder cannot tell them apart; 0.5 starts them apart (0.66)
+    register_init_std: float = 0.02
     grad_checkpointing: bool = False  # recompute block activations in backward (memory for paper-size runs)
 
     def __post_init__(self) -> None:
@@ -86,6 +91,8 @@ class LoSTConfig:
             raise ConfigError(f"prediction: {self.prediction!r} is not one of {list(PREDICTIONS)}")
         if self.time_scale <= 0:
             raise ConfigError(f"time_scale: must be > 0, got {self.time_scale}")
+        if self.register_init_std <= 0:
+            raise ConfigError(f"register_init_std: must be > 0, got {self.register_init_std}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -158,10 +165,11 @@ class LoSTEncoder(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Xavier-uniform linears (and the patch kernel), zero biases, registers ~ N(0, 0.02)."""
+        """Xavier-uniform linears (and the patch kernel), zero biases, registers ~ N(0, register_init_std)."""
         xavier_init_linears(self)
         self.x_embedder.init_as_linear()
-        nn.init.trunc_normal_(self.registers, std=0.02)
+        std = self.config.register_init_std
+        nn.init.trunc_normal_(self.registers, std=std, a=-2 * std, b=2 * std)
 
     def forward_features(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents z [B, C, H, W] -> the whole sequence after the blocks [B, N+R, D]."""
@@ -210,7 +218,7 @@ class LoSTDecoder(nn.Module):
         self.x_embedder.init_as_linear()
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        nn.init.normal_(self.cond_pos_embed, std=0.02)
+        nn.init.normal_(self.cond_pos_embed, std=self.config.register_init_std)
         nn.init.normal_(self.null_cond, std=0.02)
         for block in self.blocks:
             block.zero_init()  # adaLN-Zero: every block starts as the identity
@@ -273,7 +281,22 @@ class LoSTDecoder(nn.Module):
         Returns:
             [B, C, H, W] velocity (or epsilon / x0).
         """
+        return self.forward_with_hidden(x_t, t, cond, keep, drop_cond, layer=0)[0]
+
+    def forward_with_hidden(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        keep: torch.Tensor,
+        drop_cond: torch.Tensor | None,
+        layer: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`, also returning the patch tokens' hidden state after block `layer` (1-based; 0: the
+        embedded input), [B, N, dec_width] row-major over the patch grid (what REPA-style alignment reads)."""
         cfg = self.config
+        if not 0 <= layer <= len(self.blocks):
+            raise ConfigError(f"layer: {layer} is not in 0..{len(self.blocks)} (decoder blocks)")
         B, C, H, W = x_t.shape
         h, w = cfg.grid
         N = cfg.num_patches
@@ -282,13 +305,16 @@ class LoSTDecoder(nn.Module):
         r = self.cond_embedder(c_tokens.to(x.dtype)) + self.cond_pos_embed  # [B, R, D]
         x = torch.cat([x, r], dim=1)  # [B, N+R, D]: in-context condition after the patches
         c = self.t_embedder(self.time_input(t, B))  # [B, D]: adaLN is driven by the timestep only
-        for block in self.blocks:
+        hidden = x[:, :N]
+        for i, block in enumerate(self.blocks, start=1):
             if cfg.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, use_reentrant=False)
             else:
                 x = block(x, c)  # full attention
+            if i == layer:
+                hidden = x[:, :N]
         x = self.final_layer(x[:, :N], c)  # [B, N, p*p*C]: only patch outputs are read
-        return unpatchify(x, C, h, w, cfg.patch_size)  # [B, C, H, W]
+        return unpatchify(x, C, h, w, cfg.patch_size), hidden  # [B, C, H, W], [B, N, D]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -368,15 +394,20 @@ class LoSTTokenizer(nn.Module):
         generator: torch.Generator | None = None,
         nested: bool = True,
         device: torch.device | str | None = None,
+        mode: str = "pow2",
     ) -> torch.Tensor:
-        """Prefix lengths [B] (int64), uniform over `keep_choices`; all R when `nested` is False (the first
-        `nest_after` epochs train every register while the causal mask stays on).
+        """Prefix lengths [B] (int64): uniform over `keep_choices` ("pow2", the paper's) or over 1..R ("uniform",
+        FlexTok's other mode); all R when `nested` is False (the first `nest_after` epochs train every register
+        while the causal mask stays on).
         """
         R = self.config.num_registers
         if not nested:
             return torch.full((batch_size,), R, dtype=torch.long, device=device)
+        if mode not in KEEP_MODES:
+            raise ConfigError(f"tokenizer.keep_sampling: {mode!r} is not one of {list(KEEP_MODES)}")
         where = generator.device if generator is not None else torch.device("cpu")
-        choices = torch.tensor(self.keep_choices, dtype=torch.long, device=where)
+        choices = torch.tensor(self.keep_choices if mode == "pow2" else list(range(1, R + 1)), dtype=torch.long,
+                               device=where)
         idx = torch.randint(len(choices), (batch_size,), generator=generator, device=where)
         return choices[idx].to(device or where)
 

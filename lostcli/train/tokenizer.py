@@ -29,11 +29,14 @@ from ..config import OptimConfig, TrainConfig, to_dict
 from ..data.loader import StoreDataset
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
-from ..models.flow import KINDS, PREDICTION, TIME_SAMPLING, noised, predict_x0, sample_u
-from ..models.lost import LoSTTokenizer, build_tokenizer
+from ..models.flow import KINDS, PREDICTION, PREDICTIONS, TIME_SAMPLING, noised, predict_x0, sample_u
+from ..models.lost import KEEP_MODES, LoSTTokenizer, build_tokenizer
 from ..models.rida import RidaStudent
 
 LATENTS = "latents"
+SEMANTIC_FORMS = ("spatial", "global")
+LOSS_SPACES = ("prediction", "velocity")
+VELOCITY_MIN_SIGMA = 0.05  # the v-loss of an x0 decoder divides by sigma no smaller than this
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -49,17 +52,34 @@ class TokenizerModelConfig:
 
 @dataclass
 class TokenizerObjectiveConfig:
-    scheduler: str = "flow"  # "flow" (flow matching, velocity) or "ddpm" (epsilon; sampled with DDIM)
+    scheduler: str = "flow"  # "flow" (flow matching) or "ddpm" (the authors' ADM chain; sampled with DDIM)
     num_train_timesteps: int = 1000  # length of the diffusers training chain
+    prediction: str = "auto"  # decoder target: "auto" (flow: velocity, ddpm: epsilon), or "sample" (x0)
+    # the space the MSE is taken in: "prediction" (what the decoder outputs) or, for flow, "velocity" (an x0
+    # decoder's implied velocity, i.e. its x0 error / sigma^2 with sigma clamped at VELOCITY_MIN_SIGMA: JiT's
+    # x-prediction with the v-loss, which keeps the low-noise steps weighted as a velocity decoder's)
+    loss_space: str = "prediction"
     time_sampling: str = "logit_normal"  # flow: sigma ~ sigmoid(N(0, 1)) or "uniform"; ddpm: timestep = floor(u T)
-    time_shift: float = 1.0  # s > 1 moves training times towards noise: u -> s u / (1 + (s - 1) u) (SD3)
-    semantic_weight: float = 1.0  # lambda of 1 - cos(f(x0_hat), f(x0)); 0 disables it (no --rida needed)
+    time_shift: float = 1.0  # s > 1 moves training times towards noise: u -> s u / (1 + (s - 1) u) (SD3);
+    # flow: the sampler uses the same shift (stored with the export)
+    semantic_weight: float = 1.0  # lambda of the semantic loss on the decoder's x0 estimate; 0: off (no --rida needed)
+    # "spatial" (the authors' code): mean over the frozen student's spatial tokens of 1 - cos(f(x0_hat), f(x0));
+    # "global": 1 - cos of its global embeddings
+    semantic_form: str = "spatial"
+    semantic_max_t: float = 1.0  # only samples at time t <= this (flow sigma / DDPM fraction) count; 1: all (authors)
+    semantic_skip_dropped: bool = False  # leave CFG-dropped samples out (their x0 estimate ignores the tokens)
+    # REPA-style alignment (FlexTok, REPA): 1 - cos between an MLP projection of decoder block `repa_layer`'s patch
+    # states and the frozen student's spatial tokens of the clean x0, mean over patches; 0: off. The projector is
+    # trained with the decoder and dropped from the export.
+    repa_weight: float = 0.0
+    repa_layer: int = 2  # 1-based decoder block whose output is aligned
     # samples per batch the semantic loss sees (the batch's first n; batches are drawn at random, so the mean
     # stays unbiased): 0 = all. The frozen student's forward + backward costs about as much as a tiny tokenizer
     # step on a CPU. With 8 of 32, 2000 tiny steps took 633 s with lambda = 1 against 596 s without the loss
     # (4-d tokens, 2 threads).
     semantic_batch: int = 0
     nest_after: int = 50  # epochs trained with all R registers kept before nested dropout starts (paper: 50 of 250)
+    keep_sampling: str = "pow2"  # nested dropout's prefix lengths: "pow2" ({1, 2, 4, ..., R}, paper) or "uniform" (1..R)
     sample_steps: int = 25  # sampling defaults stored with the export: scheduler steps
     guidance: float = 3.0  # sampling defaults stored with the export: classifier-free guidance scale
 
@@ -78,12 +98,22 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
     """Reject settings the stage cannot use, naming the dotted path."""
     checks = [
         ("tokenizer.scheduler", cfg.scheduler in KINDS, f"must be one of {list(KINDS)}"),
+        ("tokenizer.prediction", cfg.prediction == "auto" or cfg.prediction in PREDICTIONS.get(cfg.scheduler, ()),
+         f"must be 'auto' or one of {list(PREDICTIONS.get(cfg.scheduler, ()))} for this scheduler"),
         ("tokenizer.time_sampling", cfg.time_sampling in TIME_SAMPLING, f"must be one of {list(TIME_SAMPLING)}"),
+        ("tokenizer.loss_space", cfg.loss_space in LOSS_SPACES and (cfg.loss_space == "prediction" or (
+            cfg.scheduler == "flow" and cfg.prediction == "sample")),
+         f"must be one of {list(LOSS_SPACES)}; 'velocity' needs scheduler flow and prediction sample"),
         ("tokenizer.num_train_timesteps", cfg.num_train_timesteps >= 2, "must be >= 2"),
         ("tokenizer.time_shift", cfg.time_shift > 0, "must be > 0"),
         ("tokenizer.semantic_weight", cfg.semantic_weight >= 0, "must be >= 0"),
         ("tokenizer.semantic_batch", cfg.semantic_batch >= 0, "must be >= 0 (0 = the whole batch)"),
+        ("tokenizer.semantic_form", cfg.semantic_form in SEMANTIC_FORMS, f"must be one of {list(SEMANTIC_FORMS)}"),
+        ("tokenizer.semantic_max_t", 0.0 < cfg.semantic_max_t <= 1.0, "must be in (0, 1]"),
+        ("tokenizer.repa_weight", cfg.repa_weight >= 0, "must be >= 0"),
+        ("tokenizer.repa_layer", cfg.repa_layer >= 1, "must be >= 1 (a decoder block)"),
         ("tokenizer.nest_after", cfg.nest_after >= 0, "must be >= 0 (epochs)"),
+        ("tokenizer.keep_sampling", cfg.keep_sampling in KEEP_MODES, f"must be one of {list(KEEP_MODES)}"),
         ("tokenizer.sample_steps", cfg.sample_steps >= 1, "must be >= 1"),
         ("tokenizer.guidance", cfg.guidance >= 0, "must be >= 0"),
     ]
@@ -119,6 +149,11 @@ def open_latents(root: str | Path, split: str | None = "train") -> tuple[StoreDa
     return StoreDataset(root, ["z"], split=split, table=LATENTS), stats
 
 
+def decoder_target(cfg: TokenizerObjectiveConfig) -> str:
+    """What the decoder predicts under these settings ("auto": the scheduler's native target)."""
+    return PREDICTION[cfg.scheduler] if cfg.prediction == "auto" else cfg.prediction
+
+
 def build_tokenizer_for(cfg: TokenizerRunConfig, latent_shape: list[int], stats: dict) -> LoSTTokenizer:
     """A fresh tokenizer: preset + overrides, the data's latent shape and statistics, and the decoder
     target that the chosen scheduler trains.
@@ -126,7 +161,7 @@ def build_tokenizer_for(cfg: TokenizerRunConfig, latent_shape: list[int], stats:
     Raises:
         ConfigError: naming `model.overrides.<field>` when an override contradicts the data or scheduler.
     """
-    want = {"latent_shape": list(latent_shape), "prediction": PREDICTION[cfg.tokenizer.scheduler]}
+    want = {"latent_shape": list(latent_shape), "prediction": decoder_target(cfg.tokenizer)}
     for key, value in want.items():
         if key in cfg.model.overrides and cfg.model.overrides[key] != value:
             raise ConfigError(f"model.overrides.{key}: {cfg.model.overrides[key]!r} contradicts {value!r} "
@@ -155,20 +190,49 @@ def load_student(path: str | Path, latent_shape: list[int]) -> RidaStudent:
 # ----------------------------------------------------------------------------------------------------
 
 
-def semantic_loss(student: RidaStudent, tokenizer: LoSTTokenizer, x0_hat: torch.Tensor,
-                  x0: torch.Tensor) -> torch.Tensor:
-    """mean_b 1 - cos(f(x0_hat_b), f(x0_b)) for tokenizer-normalised latents [B, C, H, W].
+def student_input(student: RidaStudent, tokenizer: LoSTTokenizer, z: torch.Tensor) -> torch.Tensor:
+    """Tokenizer-normalised latents -> raw (tokenizer statistics) -> the student's own normalisation."""
+    return student.normalize(tokenizer.denormalize(z))
 
-    Both are mapped to raw latents (tokenizer statistics), then to the student's own normalisation. The
-    reference embedding carries no gradient; x0_hat does, through the frozen student.
+
+def semantic_loss(student: RidaStudent, tokenizer: LoSTTokenizer, x0_hat: torch.Tensor, x0: torch.Tensor,
+                  form: str = "spatial") -> torch.Tensor:
+    """The semantic loss on tokenizer-normalised latents [B, C, H, W].
+
+    "spatial" (the LoST authors' code): mean over samples and the student's N spatial tokens of
+    1 - cos(f(x0_hat)_n, f(x0)_n). "global": mean over samples of 1 - cos of the global embeddings.
+    The reference carries no gradient; x0_hat does, through the frozen student.
     """
-    def student_input(z: torch.Tensor) -> torch.Tensor:
-        return student.normalize(tokenizer.denormalize(z))
-
     with torch.no_grad():
-        ref = student.embed(student_input(x0))  # [B, D], L2-normalised
-    pred = student.embed(student_input(x0_hat))  # [B, D], L2-normalised
-    return (1.0 - (pred.float() * ref.float()).sum(dim=-1)).mean()
+        ref_global, ref_tokens = student.forward_features(student_input(student, tokenizer, x0))
+    pred_global, pred_tokens = student.forward_features(student_input(student, tokenizer, x0_hat))
+    if form == "global":
+        return (1.0 - F.cosine_similarity(pred_global.float(), ref_global.float(), dim=-1)).mean()
+    return (1.0 - F.cosine_similarity(pred_tokens.float(), ref_tokens.float(), dim=-1)).mean()  # [B, N] -> mean
+
+
+def student_tokens_on_grid(student: RidaStudent, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The student's plane-major spatial tokens [B, N_s, D] laid out as the rolled-out latent [B, D, h_s, P w_s],
+    average-pooled to the decoder's patch grid (h, w), row-major -> [B, h * w, D]."""
+    planes = student.plane_grid(tokens)  # [B, P, h_s, w_s, D]
+    B, P, hs, ws, D = planes.shape
+    image = planes.permute(0, 4, 2, 1, 3).reshape(B, D, hs, P * ws)  # planes side by side, as the latent
+    if (hs, P * ws) != tuple(grid):
+        image = F.adaptive_avg_pool2d(image, grid)
+    return image.flatten(2).transpose(1, 2)  # [B, h*w, D]
+
+
+class RepaProjector(nn.Module):
+    """REPA's projector: Linear -> SiLU -> Linear -> SiLU -> Linear, decoder width -> student token width."""
+
+    def __init__(self, width: int, out_dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or 2 * width
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,17 +256,23 @@ class TokenizerTask(nn.Module):
                  rida_info: dict | None = None) -> None:
         super().__init__()
         check_objective(objective)
-        if tokenizer.config.prediction != PREDICTION[objective.scheduler]:
-            raise ConfigError(f"tokenizer.scheduler: {objective.scheduler!r} trains a decoder predicting "
-                              f"{PREDICTION[objective.scheduler]!r}, the model predicts "
-                              f"{tokenizer.config.prediction!r}")
-        if objective.semantic_weight > 0 and student is None:
-            raise ConfigError(f"tokenizer.semantic_weight: {objective.semantic_weight} needs the RIDA student "
-                              "(--rida RIDA_EXPORT), or set tokenizer.semantic_weight=0")
+        if tokenizer.config.prediction != decoder_target(objective):
+            raise ConfigError(f"tokenizer.prediction: these settings train a decoder predicting "
+                              f"{decoder_target(objective)!r}, the model predicts {tokenizer.config.prediction!r}")
+        for name in ("semantic_weight", "repa_weight"):
+            if getattr(objective, name) > 0 and student is None:
+                raise ConfigError(f"tokenizer.{name}: {getattr(objective, name)} needs the RIDA student "
+                                  f"(--rida RIDA_EXPORT), or set tokenizer.{name}=0")
+        if objective.repa_weight > 0 and objective.repa_layer > tokenizer.config.dec_depth:
+            raise ConfigError(f"tokenizer.repa_layer: {objective.repa_layer} is past the decoder's "
+                              f"{tokenizer.config.dec_depth} blocks")
         self.tokenizer = tokenizer
         self.cfg = objective
         # frozen inside the task: excluded from the optimizer and EMA (requires_grad False), saved in checkpoints
-        self.student = student.requires_grad_(False).eval() if objective.semantic_weight > 0 else None
+        uses_student = objective.semantic_weight > 0 or objective.repa_weight > 0
+        self.student = student.requires_grad_(False).eval() if uses_student else None
+        self.projector = (RepaProjector(tokenizer.config.dec_width, student.config.out_dim)
+                          if objective.repa_weight > 0 else None)
         self.run_config = run_config or {}
         self.rida_info = rida_info
         self.nested = objective.nest_after == 0  # set per step by on_step_start
@@ -222,27 +292,58 @@ class TokenizerTask(nn.Module):
         x0 = tok.normalize(batch["z"].float())  # [B, C, H, W]
         B, device = x0.shape[0], x0.device
         tokens = tok.encode(x0)  # [B, R, T]
-        keep = tok.sample_keep(B, nested=self.nested, device=device)  # [B]
+        keep = tok.sample_keep(B, nested=self.nested, device=device, mode=cfg.keep_sampling)  # [B]
         drop = tok.sample_drop(B, device=device)  # [B] bool: CFG null condition
         u = sample_u(B, cfg.time_sampling, device=device, shift=cfg.time_shift)
-        x_t, t, target = noised(cfg.scheduler, x0, torch.randn_like(x0), u, cfg.num_train_timesteps)
-        pred = tok.decoder_forward(x_t, t, tokens, keep, drop)  # [B, C, H, W]
-        denoise = F.mse_loss(pred.float(), target.float())
+        x_t, t, target = noised(cfg.scheduler, x0, torch.randn_like(x0), u, cfg.num_train_timesteps,
+                                tok.config.prediction)
+        if self.projector is not None:
+            pred, hidden = tok.decoder.forward_with_hidden(x_t, t, tokens, keep, drop, cfg.repa_layer)
+        else:
+            pred, hidden = tok.decoder_forward(x_t, t, tokens, keep, drop), None  # [B, C, H, W]
+        if cfg.loss_space == "velocity":  # x0 decoder, v-loss: |x0_hat - x0|^2 / sigma^2
+            w = t.float().clamp(min=VELOCITY_MIN_SIGMA).pow(-2).view(-1, *([1] * (x0.dim() - 1)))
+            denoise = ((pred.float() - target.float()).pow(2) * w).mean()
+        else:
+            denoise = F.mse_loss(pred.float(), target.float())
         out = {"denoise": denoise.detach(), "keep_mean": keep.float().mean()}
         loss = denoise
-        if self.student is not None:
-            n = cfg.semantic_batch or B  # the first n samples (random draws) stand for the batch
-            x0_hat = predict_x0(cfg.scheduler, x_t[:n], t[:n], pred[:n], cfg.num_train_timesteps)
-            semantic = semantic_loss(self.student, tok, x0_hat, x0[:n])
+        if cfg.semantic_weight > 0:
+            semantic = self._semantic(x0, x_t, t, pred, drop)
             loss = loss + cfg.semantic_weight * semantic
             out["semantic"] = semantic.detach()
+        if hidden is not None:
+            with torch.no_grad():
+                ref = self.student.forward_features(student_input(self.student, tok, x0))[1]  # [B, N_s, D_s]
+                ref = student_tokens_on_grid(self.student, ref, tok.config.grid)  # [B, N, D_s]
+            repa = (1.0 - F.cosine_similarity(self.projector(hidden).float(), ref.float(), dim=-1)).mean()
+            loss = loss + cfg.repa_weight * repa
+            out["repa"] = repa.detach()
         return {"loss": loss, **out}
+
+    def _semantic(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor,
+                  drop: torch.Tensor) -> torch.Tensor:
+        """The semantic loss over the samples it applies to: t <= semantic_max_t, not CFG-dropped when
+        semantic_skip_dropped, at most the first `semantic_batch` of those (random draws: an unbiased mean).
+        A batch with none of them contributes 0 (still connected to the graph, so DDP sees every gradient)."""
+        cfg, tok = self.cfg, self.tokenizer
+        use = t <= cfg.semantic_max_t
+        if cfg.semantic_skip_dropped:
+            use = use & ~drop
+        idx = use.nonzero().flatten()
+        if cfg.semantic_batch:
+            idx = idx[:cfg.semantic_batch]
+        if len(idx) == 0:
+            return pred.sum() * 0.0
+        x0_hat = predict_x0(cfg.scheduler, x_t[idx], t[idx], pred[idx], cfg.num_train_timesteps,
+                            tok.config.prediction)
+        return semantic_loss(self.student, tok, x0_hat, x0[idx], cfg.semantic_form)
 
     def sampling_defaults(self) -> dict[str, Any]:
         """What `flow.sample_latents` should use with this model (stored as "sampling" in config.json)."""
         c = self.cfg
         return {"scheduler": c.scheduler, "steps": c.sample_steps, "guidance": c.guidance,
-                "num_train_timesteps": c.num_train_timesteps}
+                "num_train_timesteps": c.num_train_timesteps, "shift": c.time_shift if c.scheduler == "flow" else 1.0}
 
     def export(self, out_dir: Path) -> None:
         self.tokenizer.save_pretrained(out_dir, extra_config={
@@ -252,9 +353,10 @@ class TokenizerTask(nn.Module):
 def check_run(cfg: TokenizerRunConfig) -> None:
     """The `tokenizer.*` checks, and a RIDA student named whenever the semantic loss is on."""
     check_objective(cfg.tokenizer)
-    if cfg.tokenizer.semantic_weight > 0 and cfg.rida is None:
-        raise ConfigError(f"tokenizer.semantic_weight: {cfg.tokenizer.semantic_weight} needs the RIDA student "
-                          "(--rida RIDA_EXPORT), or set tokenizer.semantic_weight=0")
+    for name in ("semantic_weight", "repa_weight"):
+        if getattr(cfg.tokenizer, name) > 0 and cfg.rida is None:
+            raise ConfigError(f"tokenizer.{name}: {getattr(cfg.tokenizer, name)} needs the RIDA student "
+                              f"(--rida RIDA_EXPORT), or set tokenizer.{name}=0")
 
 
 def build_task(cfg: TokenizerRunConfig, dataset: StoreDataset, stats: dict) -> TokenizerTask:
@@ -266,7 +368,7 @@ def build_task(cfg: TokenizerRunConfig, dataset: StoreDataset, stats: dict) -> T
     latent_shape = [int(v) for v in dataset[0]["z"].shape]
     tokenizer = build_tokenizer_for(cfg, latent_shape, stats)
     student, info = None, None
-    if cfg.tokenizer.semantic_weight > 0:
+    if cfg.tokenizer.semantic_weight > 0 or cfg.tokenizer.repa_weight > 0:
         student = load_student(cfg.rida, latent_shape)
         info = {"path": str(cfg.rida), "preset": student.preset, "teacher": student.extra_config.get("teacher"),
                 "objective": student.extra_config.get("objective")}

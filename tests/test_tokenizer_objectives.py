@@ -1,0 +1,256 @@
+"""The tokenizer's objective options: x0 prediction, the sampler's time shift, the semantic loss in the
+authors' spatial form with its gating, the REPA-style alignment, and the register initialisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lostcli.errors import ConfigError
+from lostcli.models.flow import make_scheduler, noised, predict_x0, sample_latents, sample_u
+from lostcli.models.lost import LoSTConfig, LoSTTokenizer
+from lostcli.models.rida import build_student
+from lostcli.train.tokenizer import (TokenizerObjectiveConfig, TokenizerTask, semantic_loss,
+                                     student_tokens_on_grid)
+
+SHAPE = [4, 4, 12]  # three 4 x 4 planes side by side
+TINY = dict(latent_shape=SHAPE, patch_size=2, enc_width=32, enc_depth=1, enc_heads=2, num_registers=8,
+            token_dim=8, dec_width=32, dec_depth=2, dec_heads=2)
+STUDENT = dict(latent_channels=4, plane_res=4, width=32, depth=1, heads=2, out_dim=16)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _student(patch_size: int = 1):
+    torch.manual_seed(1)
+    student = build_student("rida_tiny", **STUDENT, patch_size=patch_size)
+    student.set_latent_stats([0.0, 0.5, 0.0, -1.0], [1.0, 2.0, 1.0, 0.5])
+    return student.requires_grad_(False).eval()
+
+
+def _task(prediction: str = "auto", **objective) -> TokenizerTask:
+    torch.manual_seed(0)
+    obj = TokenizerObjectiveConfig(prediction=prediction, **{"semantic_weight": 0.0, "nest_after": 0, **objective})
+    target = "velocity" if prediction == "auto" else prediction
+    tokenizer = LoSTTokenizer(LoSTConfig(**TINY, prediction=target))
+    with torch.no_grad():  # off the adaLN-Zero init, so the output depends on x_t, t and the tokens
+        for p in tokenizer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    uses = obj.semantic_weight > 0 or obj.repa_weight > 0
+    return TokenizerTask(tokenizer, obj, _student() if uses else None)
+
+
+# -- x0 prediction and the sampler ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["flow", "ddpm"])
+def test_sample_prediction_targets_x0_and_inverts_to_itself(kind):
+    x0, noise = torch.randn(3, *SHAPE), torch.randn(3, *SHAPE)
+    u = torch.tensor([0.1, 0.5, 0.99])
+    x_t, t01, target = noised(kind, x0, noise, u, prediction="sample")
+    assert torch.equal(target, x0)
+    assert torch.equal(predict_x0(kind, x_t, t01, target, prediction="sample"), target)
+    native_xt, _, native = noised(kind, x0, noise, u)
+    assert torch.equal(native_xt, x_t) and not torch.equal(native, x0)  # same forward process, other target
+    with pytest.raises(ConfigError, match="tokenizer.prediction"):
+        noised(kind, x0, noise, u, prediction="velocity" if kind == "ddpm" else "epsilon")
+
+
+class _Oracle(torch.nn.Module):
+    """A decoder that knows the clean latent: outputs x0 ("sample") or the exact velocity for x_t."""
+
+    def __init__(self, x0: torch.Tensor, prediction: str) -> None:
+        super().__init__()
+        self.x0, self.config = x0, LoSTConfig(**TINY, prediction=prediction)
+
+    def decoder_forward(self, x_t, t, cond, keep, drop=None):
+        x0 = self.x0.repeat(len(x_t) // len(self.x0), 1, 1, 1)
+        if self.config.prediction == "sample":
+            return x0
+        sigma = t.view(-1, 1, 1, 1)
+        return (x_t - x0) / sigma  # v = noise - x0 with noise = (x_t - (1 - sigma) x0) / sigma
+
+
+@pytest.mark.parametrize("prediction,kind", [("sample", "flow"), ("velocity", "flow"), ("sample", "ddpm")])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_sampler_lands_on_x0_with_an_oracle_decoder(prediction, kind, shift):
+    if kind == "ddpm" and shift != 1.0:
+        pytest.skip("the shift is a flow setting")
+    x0 = torch.randn(2, *SHAPE)
+    oracle = _Oracle(x0, prediction)
+    out = sample_latents(oracle, torch.zeros(2, 8, 8), 8, steps=6, guidance=3.0, kind=kind, shift=shift,
+                         generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)  # guidance mixes equal outputs: still x0
+
+
+def test_sampler_shift_is_the_training_shift():
+    """The sampler's sigmas follow the map sample_u applies to training times (diffusers' `shift`)."""
+    sched = make_scheduler("flow", shift=3.0, for_sampling=True)
+    sched.set_timesteps(10)
+    y = sched.sigmas[:-1].double()
+    s = y / (3 - 2 * y)  # undo s -> 3 s / (1 + 2 s): an evenly spaced grid from 1 down
+    assert float(s[0]) == pytest.approx(1.0) and float(sched.sigmas[-1]) == 0.0
+    torch.testing.assert_close(s.diff(), s.diff()[:1].expand(9), atol=1e-6, rtol=0)
+    assert float(y[5]) > float(s[5]) + 0.1  # the steps crowd towards noise
+    torch.manual_seed(0)
+    u1 = sample_u(1000, "uniform")
+    torch.manual_seed(0)
+    u3 = sample_u(1000, "uniform", shift=3.0)
+    torch.testing.assert_close(u3, 3 * u1 / (1 + 2 * u1))
+
+
+def test_x0_task_trains_on_x0_and_exports_its_shift():
+    task = _task("sample", time_shift=3.0)
+    z = torch.randn(4, *SHAPE)
+    torch.manual_seed(0)
+    out = task({"z": z})
+    # replay the draws: the denoise term is the MSE between the decoder output and the clean latent
+    tok = task.tokenizer
+    torch.manual_seed(0)
+    x0 = tok.normalize(z)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(4, nested=True), tok.sample_drop(4)
+    u = sample_u(4, "logit_normal", shift=3.0)
+    x_t, t, _ = noised("flow", x0, torch.randn_like(x0), u)
+    with torch.no_grad():
+        want = F.mse_loss(tok.decoder_forward(x_t, t, tokens, keep, drop), x0)
+    assert float(out["denoise"]) == pytest.approx(float(want), abs=1e-6)
+    assert task.sampling_defaults()["shift"] == 3.0
+    with pytest.raises(ConfigError, match="tokenizer.prediction"):
+        _task("epsilon")  # flow cannot train epsilon
+
+
+# -- the semantic loss ----------------------------------------------------------------------------------
+
+
+def test_spatial_semantic_loss_by_hand():
+    """Authors' form: the mean over samples and spatial tokens of 1 - cos between student tokens."""
+    student = _student()
+    task = _task(semantic_weight=1.0)
+    tok = task.tokenizer
+    g = torch.Generator().manual_seed(3)
+    x0, x0_hat = torch.randn(2, *SHAPE, generator=g), torch.randn(2, *SHAPE, generator=g)
+    with torch.no_grad():
+        a = student.forward_features(student.normalize(tok.denormalize(x0_hat)))[1]  # [2, N, D]
+        b = student.forward_features(student.normalize(tok.denormalize(x0)))[1]
+    a, b = a.numpy(), b.numpy()
+    total = 0.0
+    for i in range(2):
+        for n in range(a.shape[1]):
+            total += 1 - (a[i, n] @ b[i, n]) / ((a[i, n] @ a[i, n]) ** 0.5 * (b[i, n] @ b[i, n]) ** 0.5)
+    want = total / (2 * a.shape[1])
+    assert float(semantic_loss(student, tok, x0_hat, x0, "spatial")) == pytest.approx(want, abs=1e-5)
+    glob = float(semantic_loss(student, tok, x0_hat, x0, "global"))
+    assert abs(glob - want) > 1e-3  # the two forms differ
+    assert float(semantic_loss(student, tok, x0.clone(), x0, "spatial")) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("max_t,skip_dropped", [(1.0, False), (0.5, False), (1.0, True), (0.6, True)])
+def test_semantic_gating_scores_only_the_chosen_samples(max_t, skip_dropped):
+    task = _task(semantic_weight=1.0, semantic_max_t=max_t, semantic_skip_dropped=skip_dropped,
+                 time_sampling="uniform")
+    tok, student = task.tokenizer, task.student
+    tok.config.cfg_drop_prob = 0.5  # plenty of dropped samples
+    z = torch.randn(16, *SHAPE)
+    torch.manual_seed(4)
+    out = task({"z": z})
+    torch.manual_seed(4)  # replay the draws
+    x0 = tok.normalize(z)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(16, nested=True), tok.sample_drop(16)
+    u = sample_u(16, "uniform")
+    x_t, t, _ = noised("flow", x0, torch.randn_like(x0), u)
+    use = (t <= max_t) & (~drop if skip_dropped else torch.ones_like(drop))
+    assert 0 < int(use.sum()) <= 16 and (int(use.sum()) < 16) == ((max_t, skip_dropped) != (1.0, False))
+    with torch.no_grad():
+        x0_hat = predict_x0("flow", x_t, t, tok.decoder_forward(x_t, t, tokens, keep, drop))
+        want = semantic_loss(student, tok, x0_hat[use], x0[use])
+        everyone = semantic_loss(student, tok, x0_hat, x0)
+    assert float(out["semantic"]) == pytest.approx(float(want), abs=1e-6)
+    if (max_t, skip_dropped) != (1.0, False):
+        assert abs(float(want) - float(everyone)) > 1e-5
+    with pytest.raises(ConfigError, match="tokenizer.semantic_max_t"):
+        _task(semantic_weight=1.0, semantic_max_t=0.0)
+    with pytest.raises(ConfigError, match="tokenizer.semantic_form"):
+        _task(semantic_weight=1.0, semantic_form="pixels")
+
+
+def test_semantic_loss_with_no_eligible_sample_is_zero_and_connected():
+    task = _task(semantic_weight=1.0, semantic_max_t=1e-9)
+    out = task({"z": torch.randn(4, *SHAPE)})
+    assert float(out["semantic"]) == 0.0 and out["loss"].requires_grad
+
+
+# -- REPA-style alignment --------------------------------------------------------------------------------
+
+
+def test_student_tokens_land_on_the_decoder_grid():
+    """Plane-major student tokens (plane t, row i, column j) -> row-major patches of the rolled-out latent,
+    where plane t's column j sits at column t * w + j."""
+    student = _student(patch_size=2)  # 2 x 2 tokens per plane
+    B, D, h = 1, 3, 2
+    tokens = torch.arange(B * 3 * h * h * D, dtype=torch.float32).view(B, 3 * h * h, D)
+    grid = student_tokens_on_grid(student, tokens, (2, 6))  # decoder: 2 x 6 patches of [4, 4, 12] at p = 2
+    for t in range(3):
+        for i in range(2):
+            for j in range(2):
+                torch.testing.assert_close(grid[0, i * 6 + t * 2 + j], tokens[0, t * 4 + i * 2 + j])
+    pooled = student_tokens_on_grid(student, tokens, (1, 3))  # coarser decoder grid: each plane averaged
+    torch.testing.assert_close(pooled[0, 1], tokens[0, 4:8].mean(dim=0))
+
+
+def test_repa_term_by_hand_and_its_gradients():
+    task = _task(repa_weight=0.5, repa_layer=1)
+    tok, student = task.tokenizer, task.student
+    z = torch.randn(4, *SHAPE)
+    torch.manual_seed(2)
+    out = task({"z": z})
+    torch.manual_seed(2)  # replay
+    x0 = tok.normalize(z)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(4, nested=True), tok.sample_drop(4)
+    u = sample_u(4, "logit_normal")
+    x_t, t, _ = noised("flow", x0, torch.randn_like(x0), u)
+    with torch.no_grad():
+        _, hidden = tok.decoder.forward_with_hidden(x_t, t, tokens, keep, drop, layer=1)
+        ref = student.forward_features(student.normalize(tok.denormalize(x0)))[1]  # [4, 48, D]: p = 1
+        ref = student_tokens_on_grid(student, ref, tok.config.grid)  # pooled to 2 x 6 patches
+        want = (1 - F.cosine_similarity(task.projector(hidden), ref, dim=-1)).mean()
+    assert float(out["repa"]) == pytest.approx(float(want), abs=1e-6)
+    assert float(out["loss"]) == pytest.approx(float(out["denoise"]) + 0.5 * float(want), abs=1e-5)
+    out["loss"].backward()
+    assert task.projector.mlp[0].weight.grad.abs().sum() > 0
+    assert tok.decoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in student.parameters())
+    with pytest.raises(ConfigError, match="tokenizer.repa_layer"):
+        _task(repa_weight=1.0, repa_layer=3)  # the decoder has 2 blocks
+
+
+def test_forward_with_hidden_matches_forward():
+    task = _task()
+    tok = task.tokenizer
+    x = torch.randn(2, *SHAPE)
+    tokens, keep, t = tok.encode(x), torch.tensor([1, 8]), torch.tensor([0.3, 0.9])
+    out, h0 = tok.decoder.forward_with_hidden(x, t, tokens, keep, None, layer=0)
+    torch.testing.assert_close(out, tok.decoder_forward(x, t, tokens, keep))
+    assert h0.shape == (2, 12, 32)
+
+
+# -- registers -------------------------------------------------------------------------------------------
+
+
+def test_wider_register_init_starts_the_tokens_apart():
+    def mean_cosine(std: float) -> float:
+        torch.manual_seed(0)
+        model = LoSTTokenizer(LoSTConfig(latent_shape=[8, 8, 24], patch_size=2, enc_width=128, enc_depth=4,
+                                         num_registers=32, dec_depth=1, register_init_std=std))  # the tiny encoder
+        with torch.no_grad():
+            tok = F.normalize(model.encode(torch.randn(8, 8, 8, 24)), dim=-1)
+        sim = tok @ tok.transpose(1, 2)
+        return float(sim[:, ~torch.eye(32, dtype=torch.bool)].mean())
+
+    assert mean_cosine(0.02) > 0.9  # near-copies at init
+    assert mean_cosine(0.5) < 0.8
+    with pytest.raises(ConfigError, match="register_init_std"):
+        LoSTConfig(**TINY, register_init_std=0.0)
