@@ -41,3 +41,14 @@ def test_median_intervals_skip_failures():
     ci, change, _ = median_intervals(cd, draws=200)
     assert change[0] == pytest.approx(3.5 - 2.5)  # medians over the shapes that have a surface
     assert 1.0 <= ci[0][0] <= ci[0][1] <= 4.0 and 2.5 <= ci[1][0] <= ci[1][1] <= 4.5
+
+
+def test_mean_change_interval_is_paired():
+    from lostcli.eval.bootstrap import mean_change_interval
+
+    a = np.array([0, 1, 0, 1, 1, 0, 0, 1], dtype=float)
+    assert mean_change_interval(a, a) == (0.0, [0.0, 0.0])
+    change, ci = mean_change_interval(a, 1 - a * 0)  # every item gains where it was 0: +0.5 on these items
+    assert change == 0.5 and ci[0] < 0.5 < ci[1]
+    change, ci = mean_change_interval(a, np.ones_like(a) + a)  # +1 on every item: no noise at all
+    assert change == 1.0 and ci == [1.0, 1.0]

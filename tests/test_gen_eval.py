@@ -113,6 +113,13 @@ def test_rows_class_accuracy_fd_and_clip_score(setup, evaluated):
         assert row["text_sim"] == pytest.approx(cos.mean())
         assert row["clip_score"] == pytest.approx((100 * np.clip(cos, 0, None)).mean())
     assert result.rows[0]["failures"] < n  # the tiny bundle decodes surfaces
+    # the paired change of class accuracy from the first guidance row, sample by sample
+    hits = {g: np.array([s["category"] == "chair" and not s["failed"] for s in rep["samples"] if s["cfg"] == g],
+                        dtype=float) for g in (1.0, 2.0)}
+    second = result.rows[1]
+    assert second["class_acc_change"] == pytest.approx(hits[2.0].mean() - hits[1.0].mean())
+    lo, hi = second["class_acc_change_ci"]
+    assert lo <= second["class_acc_change"] <= hi and "class_acc_change" not in result.rows[0]
     assert rep["chance"] == pytest.approx(1 / 3) and rep["classifier_test_acc"] == 0.5
     assert rep["fd_network"] == "render-classifier" and rep["fd_metric"] == "FD-render-classifier"
     assert rep["reference"] == {"split": "test", "shapes": 6, "images": 24, "render_size": 32}
@@ -140,7 +147,8 @@ def test_rows_differ_only_by_guidance_and_are_reproducible(setup, evaluated):
     bundle, data, cls = setup
     pipe, result, _ = evaluated
     again = evaluate_gen(pipe, data, GenEvalConfig(cfgs=[2.0], **FAST), classifier=load_classifier(cls))
-    assert again.rows[0] == result.rows[1]  # same prompts, seeds and scale: the same row
+    same = {k: v for k, v in result.rows[1].items() if not k.startswith("class_acc_change")}
+    assert again.rows[0] == same  # same prompts, seeds and scale: the same row
     first = [s for s in result.report["samples"] if s["cfg"] == 1.0]
     second = [s for s in result.report["samples"] if s["cfg"] == 2.0]
     assert [(s["prompt"], s["seed"], s["draw"]) for s in first] == [(s["prompt"], s["seed"], s["draw"]) for s in second]

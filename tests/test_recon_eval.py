@@ -216,3 +216,45 @@ def test_cli_recon(setup, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "1..8" in err
     code, _, err = run("eval", "recon", "--model", tmp_path, "--data", data, "--out", out)
     assert code == 2 and err.count("\n") == 1
+
+
+def test_compare_a_second_bundle_shape_by_shape(setup, tmp_path):
+    """The same bundle compared with itself: identical rows, every paired change exactly 0; the report and the
+    markdown carry the comparison."""
+    data, bundle, cls_dir = setup
+    pipe = LostPipeline.from_pretrained(bundle, device="cpu")
+    twin = LostPipeline.from_pretrained(bundle, device="cpu")
+    teacher = ClipTeacher(ClipTeacherConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=32,
+                                            vision_layers=1, vision_heads=2, text_context=16, text_width=32,
+                                            text_layers=1, text_heads=2)).eval()
+    cfg = ReconConfig(ks=[1, "all"], steps=2, guidance=2.0, resolution=16, n_points=500, batch_size=2, grid=1)
+    res = evaluate_recon(pipe, data, cfg, classifier=load_classifier(cls_dir), teacher=teacher, out_dir=tmp_path,
+                         compare=("twin", twin))
+    by_k = {r["k"]: r for r in res.rows}
+    assert list(by_k) == [1, 8, "vae", "mean", "twin:1", "twin:8"]
+    for k in (1, 8):
+        mine = {key: v for key, v in by_k[k].items() if not key.startswith(("k", "chamfer_change"))}
+        theirs = {key: v for key, v in by_k[f"twin:{k}"].items() if not key.startswith(("k", "chamfer_change"))}
+        assert mine == theirs  # same shapes, seeds and weights
+    comp = res.report["comparison"]
+    assert comp["name"] == "twin" and [r["k"] for r in comp["rows"]] == [1, 8]
+    for row in comp["rows"]:
+        assert row["class_acc"] == row["class_acc_other"] and row["class_acc_change"] == 0.0
+        assert row["class_acc_change_ci"] == [0.0, 0.0] and row["feature_sim_change_ci"] == [0.0, 0.0]
+        assert row["chamfer_change"] == 0.0 and row["chamfer_change_ci"] == [0.0, 0.0]
+    md = (tmp_path / "recon.md").read_text()
+    assert "against `twin`" in md and "twin: k = 1" in md
+    assert (tmp_path / "recon_twin_1.png").is_file()
+
+
+def test_cli_compare_needs_name_and_bundle(setup, tmp_path, capsys):
+    data, bundle, _ = setup
+    for bad in ("twin", "=x", "a:b=" + str(bundle)):
+        try:
+            main(["eval", "recon", "--model", str(bundle), "--data", str(data), "--compare", bad, "--out",
+                  str(tmp_path / "r")])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "--compare" in err

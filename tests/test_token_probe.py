@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lostcli.data.store import ShardWriter
-from lostcli.eval.token_probe import TokenProbeConfig, evaluate_token_probe, probe_nmse
+from lostcli.eval.token_probe import (TokenProbeConfig, evaluate_token_probe, kernel_probe_nmse, probe_nmse,
+                                      token_cosines)
 from lostcli.latent.direct3d import TriplaneVAE
 from lostcli.models.lost import build_tokenizer
 from lostcli.pipeline import LostPipeline, export_bundle
@@ -35,6 +36,44 @@ def test_probe_finds_what_each_prefix_holds():
     share_b = y[ev][:, 6:].var(dim=0, unbiased=False).mean().item() / (2 * var)  # part b's share of the variance
     assert two < 1e-3
     assert one == pytest.approx(share_b, rel=0.1) and 0.3 < one < 0.7
+
+
+def _nonlinear_case(copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [N, 2, 4] and targets [N, 6]. With `copy`, token 2 is a fixed non-linear function of token 1 (no
+    new information) and y depends on token 1 alone; otherwise token 2 is independent and y needs both."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(600, 4, generator=g) * 2 - 1
+    b = torch.tanh(3 * a.flip(1)) if copy else torch.rand(600, 4, generator=g) * 2 - 1
+    y = torch.cat([torch.sin(2 * a), torch.cos(2 * a[:, :2])], dim=1)
+    if not copy:
+        y = torch.cat([torch.sin(2 * a[:, :3]), torch.sin(2 * b[:, :3])], dim=1)
+    return torch.stack([a, b], dim=1), y
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_kernel_probe_falls_only_when_later_tokens_add_information(copy):
+    tokens, y = _nonlinear_case(copy)
+    tr, ev = slice(0, 480), slice(480, 600)
+    var = y[ev].var(dim=0, unbiased=False).mean().item()
+    k1, _ = kernel_probe_nmse(tokens[tr], y[tr], tokens[ev], y[ev], 1, var)
+    k2, _ = kernel_probe_nmse(tokens[tr], y[tr], tokens[ev], y[ev], 2, var)
+    lin1, _ = probe_nmse(tokens[tr], y[tr], tokens[ev], y[ev], 1, var)
+    lin2, _ = probe_nmse(tokens[tr], y[tr], tokens[ev], y[ev], 2, var)
+    if copy:  # a copy of token 1: the linear probe still gains (new linear features), the kernel probe does not
+        assert lin2 < lin1 - 0.02
+        assert k1 < 0.05 and k2 > 0.7 * k1 - 0.01
+    else:  # half of y lives in token 2: only the longer prefix explains it
+        assert k1 > 0.4 and k2 < 0.1
+    assert k2 < lin2  # the non-linear probe reads more than the linear one
+
+
+def test_token_cosines_by_hand():
+    t = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+                      [[1.0, 1.0], [-1.0, -1.0], [1.0, 0.0]]])  # [2 shapes, 3 tokens, 2]
+    to_first, pairs = token_cosines(t)
+    r = 0.5 ** 0.5
+    torch.testing.assert_close(to_first, torch.tensor([1.0, 0.0, r / 2], dtype=torch.float64))  # (1 + 1)/2, (1-1)/2, (0+r)/2
+    assert pairs == pytest.approx((2 * (1 + 0 + 0) + 2 * (-1 + r - r)) / 12)
 
 
 @pytest.fixture
@@ -91,7 +130,9 @@ def test_cli_writes_the_report_and_rejects_bad_input(setup, tmp_path, capsys):
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "tokens.json").read_text())
     assert [r["k"] for r in rep["rows"]] == [1, R] and rep["rows"][0]["sample_nmse"] is None
-    assert "linear probe" in out
+    assert "linear probe" in out and "kernel probe" in out
+    row = rep["rows"][0]
+    assert row["cosine_to_first"] == pytest.approx(1.0) and 0 < row["kernel_nmse"] and -1 <= rep["token_cosine"] <= 1
     code, _, err = cli(capsys, "eval", "tokens", "--model", bundle, "--data", data, "--t", "0", "--out", tmp_path / "x")
     assert code == 2 and "--t" in one_error(err)
     code, _, err = cli(capsys, "eval", "tokens", "--model", bundle, "--data", data, "--split", "test",

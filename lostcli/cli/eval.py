@@ -62,6 +62,7 @@ def recon(
     points: Annotated[int, typer.Option("--points", help="Surface samples per mesh for Chamfer / F-score.")] = 100_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Shapes decoded together.")] = 8,
     fd_network: Annotated[str, typer.Option("--fd-network", help="FD/KID features: auto, none, inception, classifier or a teacher spec (auto: Inception if local, else the classifier, else --teacher).")] = "auto",
+    compare: Annotated[Optional[str], typer.Option("--compare", help="NAME=BUNDLE: also decode another bundle on the same shape VAE (e.g. an ablation) from the same shapes and seeds, and compare the two per k with paired intervals.")] = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Reconstruction table: tokenize each shape, decode prefixes of k tokens, measure and classify.
@@ -73,6 +74,7 @@ def recon(
     OUT/recon.md, a PNG of a few decodes per row and a curve of each metric against k.
     Example: lost eval recon --model bundle --data prepared --tokens 1,4,16,all --classifier runs/cls --out reports/recon
     """
+    from ..errors import ConfigError
     from ..eval.classifier import load_classifier
     from ..eval.recon import ReconConfig, evaluate_recon, parse_tokens
     from ..pipeline import LostPipeline
@@ -81,6 +83,12 @@ def recon(
     require_dir(data, "dataset")
     require_dir(model, "model bundle")
     pipe = LostPipeline.from_pretrained(model)
+    other = None
+    if compare is not None:
+        label, _, path = compare.partition("=")
+        if not label or not path or ":" in label:
+            raise ConfigError(f"--compare {compare}: expected NAME=BUNDLE (a name without ':')")
+        other = (label, LostPipeline.from_pretrained(require_dir(Path(path), "compared bundle")))
     cls = load_classifier(classifier_dir) if classifier_dir is not None else None
     feat = None
     if teacher is not None:
@@ -91,13 +99,20 @@ def recon(
     command = " ".join(["lost", *sys.argv[1:]])
     with _progress("recon", None) as tick:
         result = evaluate_recon(pipe, data, cfg, classifier=cls, teacher=feat, out_dir=out, command=command,
-                                progress=tick)
+                                progress=tick, compare=other)
     rep = result.report
     if rep["dropped_ks"]:
         err_console.print(f"note: k = {', '.join(map(str, rep['dropped_ks']))} skipped: the model has R = "
                           f"{rep['num_tokens']} tokens", highlight=False)
     for row in result.rows:
         console.print(row_line(row))
+    for row in (rep.get("comparison") or {}).get("rows", []):
+        console.print(f"k={row['k']:>5} vs {rep['comparison']['name']}: " + "  ".join(
+            f"{key} {row[key] * scale:.3f} / {row[key + '_other'] * scale:.3f} (change "
+            f"{row[key + '_change'] * scale:+.3f} [{row[key + '_change_ci'][0] * scale:+.3f}, "
+            f"{row[key + '_change_ci'][1] * scale:+.3f}])"
+            for key, scale in (("class_acc", 1), ("feature_sim", 1), ("chamfer", 100))
+            if row.get(key) is not None and row.get(key + "_other") is not None and None not in row[key + "_change_ci"]))
     console.print(f"class accuracy: chance {_fmt(rep['chance'])}, the classifier's own test accuracy on real renders "
                   f"{_fmt(rep['classifier_test_acc'])} ({result.seconds:.0f} s) -> {out / 'recon.md'}, {out / 'recon.json'}")
 
@@ -118,9 +133,10 @@ def tokens_probe(
 ) -> None:
     """What each token prefix carries and how much of it the decoder reads (why a recon curve is flat).
 
-    Per k, on the dataset's stored latents (`lost dataset latents` with the bundle's VAE): NMSE of a ridge probe
-    from the first k tokens (fitted on --probe-split), of the decoder's one-pass clean-latent estimate at noise
-    level --t, and of full decodes. Writes OUT/tokens.json and OUT/tokens.md.
+    Per k, on the dataset's stored latents (`lost dataset latents` with the bundle's VAE): the cosine of token k
+    to token 1, NMSE of a linear (ridge) and a kernel (RBF) probe from the first k tokens (fitted on
+    --probe-split), of the decoder's one-pass clean-latent estimate at noise level --t, and of full decodes.
+    Writes OUT/tokens.json and OUT/tokens.md.
     Example: lost eval tokens --model bundle --data prepared --split val --out reports/tokens
     """
     from ..eval.recon import parse_tokens
@@ -134,9 +150,11 @@ def tokens_probe(
     pipe = LostPipeline.from_pretrained(model)
     rep = evaluate_token_probe(pipe, data, cfg, out_dir=out, command=" ".join(["lost", *sys.argv[1:]]))
     for r in rep["rows"]:
-        console.print(f"k={r['k']:>4}: linear probe {_fmt(r['probe_nmse'])}  decoder posterior "
+        console.print(f"k={r['k']:>4}: cos to token 1 {_fmt(r['cosine_to_first'])}  linear probe "
+                      f"{_fmt(r['probe_nmse'])}  kernel probe {_fmt(r['kernel_nmse'])}  decoder posterior "
                       f"{_fmt(r['posterior_nmse'])}  decoded samples {_fmt(r['sample_nmse'])}")
-    console.print(f"NMSE on {rep['n']} {split} latents (split mean {rep['mean_nmse']:.3f}) -> {out / 'tokens.md'}")
+    console.print(f"NMSE on {rep['n']} {split} latents (split mean {rep['mean_nmse']:.3f}); mean token-to-token "
+                  f"cosine {rep['token_cosine']:.3f} -> {out / 'tokens.md'}")
 
 
 def _fmt(v: float | None, scale: float = 1.0) -> str:
@@ -197,8 +215,11 @@ def gen(
                               command=" ".join(["lost", *sys.argv[1:]]), progress=tick)
     rep = result.report
     for row in result.rows:
-        console.print(f"cfg {row['cfg']:g}: class acc {_fmt(row['class_acc'])}  {rep['fd_metric']} {_fmt(row['fd'])}  "
-                      f"KID {_fmt(row['kid'])}  CLIP score {_fmt(row.get('clip_score'))}  "
+        ci = row.get("class_acc_change_ci")
+        change = (f" (vs cfg {result.rows[0]['cfg']:g}: {row['class_acc_change']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}])"
+                  if ci and None not in ci else "")
+        console.print(f"cfg {row['cfg']:g}: class acc {_fmt(row['class_acc'])}{change}  {rep['fd_metric']} "
+                      f"{_fmt(row['fd'])}  KID {_fmt(row['kid'])}  CLIP score {_fmt(row.get('clip_score'))}  "
                       f"failures {row['failures']}/{row['n']}")
     if rep["fd_warning"]:
         err_console.print(f"warning: {rep['fd_warning']}", highlight=False)

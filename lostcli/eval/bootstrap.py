@@ -52,3 +52,11 @@ def median_intervals(values: np.ndarray, draws: int = DRAWS, seed: int = SEED) -
     change = [float(point[j] - point[j - 1]) for j in range(1, values.shape[1])]
     change_ci = [interval(med[:, j] - med[:, j - 1]) for j in range(1, values.shape[1])]
     return ci, change, change_ci
+
+
+def mean_change_interval(a: np.ndarray, b: np.ndarray, draws: int = DRAWS, seed: int = SEED) -> tuple[float, list[float]]:
+    """mean(b) - mean(a) of paired per-item values [n] (e.g. 0/1 hits of the same prompt and seed under two
+    settings), and its paired percentile-bootstrap interval over the items."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    idx = bootstrap_indices(len(a), draws, seed).numpy()
+    return float(b.mean() - a.mean()), interval((b[idx] - a[idx]).mean(axis=1))

@@ -34,6 +34,7 @@ import torch
 from ..data.render import save_grid
 from ..data.store import DatasetStore, atomic_write_json
 from ..errors import ConfigError, DataError
+from .bootstrap import mean_change_interval
 from .classifier import LoadedClassifier, classifier_report, classify_views, label_indices, shape_probabilities
 from .fd import RenderDistance, feature_network
 from .recon import _num, _render
@@ -245,7 +246,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
     grid_cats = list(dict.fromkeys(keys))[:MAX_GRID_TILES]  # one tile per group and row: draw 0 of its first prompt
     first_prompt = {k: i for i, k in reversed(list(enumerate(keys)))}
 
-    rows, samples, tiles, tile_labels = [], [], [], []
+    rows, samples, tiles, tile_labels, row_hits = [], [], [], [], []
     chunks = list(range(0, len(items), cfg.batch_size))
     total = len(chunks) * len(cfg.cfgs)
     for gi, g in enumerate(cfg.cfgs):
@@ -281,6 +282,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
             if progress:
                 progress(gi * len(chunks) + ci + 1, total, f"cfg {g}")
         d = dist.compute()
+        row_hits.append(hits)
         rows.append({"cfg": g, "class_acc": _num(np.mean(hits)) if hits else None, "fd": _num(d.fd),
                      "kid": _num(d.kid) if d.kid is not None else None, "n": n,
                      "kid_std": _num(d.kid_std) if d.kid_std is not None else None, "class_n": len(hits),
@@ -290,6 +292,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
             tiles.append(tile)
             tile_labels.append(f"cfg {g:g}: {label}")
 
+    add_class_acc_changes(rows, row_hits)
     report = {
         "rows": rows,
         **classifier_report(classifier),
@@ -333,6 +336,18 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
 # ----------------------------------------------------------------------------------------------------
 
 
+def add_class_acc_changes(rows: list[dict], row_hits: list[list[bool]]) -> None:
+    """On every row after the first: `class_acc_change` = its class accuracy minus the first row's, and the
+    paired 95% bootstrap interval `class_acc_change_ci` over the samples (each prompt and seed is drawn under
+    every guidance scale, so sample i of one row and of another differ only by the guidance)."""
+    if not row_hits or not row_hits[0]:
+        return
+    base = np.asarray(row_hits[0], dtype=np.float64)
+    for row, hits in zip(rows[1:], row_hits[1:]):
+        change, ci = mean_change_interval(base, np.asarray(hits, dtype=np.float64))
+        row["class_acc_change"], row["class_acc_change_ci"] = _num(change), [_num(v) for v in ci]
+
+
 def _cell(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
     return "-" if v is None else f"{v * scale:.{digits}f}"
 
@@ -356,6 +371,11 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {r['cfg']:g} | {_cell(r['class_acc'])} | {_cell(r['fd'])} | {kid} | "
                      f"{_cell(r.get('clip_score'), digits=2)} | {_cell(r.get('text_sim'))} | "
                      f"{r['failures']}/{r['n']} | {r['n']} |")
+    for r in report["rows"]:
+        if r.get("class_acc_change_ci") and None not in r["class_acc_change_ci"]:
+            lo, hi = r["class_acc_change_ci"]
+            lines.append(f"| cfg {r['cfg']:g} vs cfg {report['rows'][0]['cfg']:g}: class acc change (paired 95% "
+                         f"interval) | {r['class_acc_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | | | | | | |")
     real = report.get("real_text_sim") or {}
     lines.append(f"| real {ref['split']} renders | - | - | - | {_cell(real.get('clip_score'), digits=2)} | "
                  f"{_cell(real.get('text_sim'))} | - | {ref['shapes']} |")

@@ -30,7 +30,7 @@ import trimesh
 from ..data.render import render_views, save_grid
 from ..data.store import DatasetStore, atomic_write_json
 from ..errors import ConfigError, DataError
-from .bootstrap import DRAWS, median_intervals
+from .bootstrap import DRAWS, mean_change_interval, median_intervals
 from .classifier import LoadedClassifier, classifier_report, classify_views, label_indices, shape_probabilities
 from .fd import (RenderDistance, RenderFeatures, feature_network, local_inception_weights, small_sample_warning,
                  teacher_features)
@@ -209,9 +209,33 @@ def _tile(gt: np.ndarray, pred: np.ndarray, size: int = 112) -> np.ndarray:
     return np.concatenate([small(gt[0]), small(pred[0]), small(gt[1]), small(pred[1])], axis=1)
 
 
+@dataclass
+class _Context:
+    """What every batch of a reconstruction table shares."""
+
+    cfg: ReconConfig
+    store: DatasetStore
+    size: int  # render size (that of the stored ground-truth renders)
+    classifier: LoadedClassifier | None
+    classes: list[str]
+    labels: np.ndarray | None  # category index per evaluated shape (-1: unknown to the classifier)
+    teacher: Any
+    mean_pts: np.ndarray | None  # surface samples of the decoded mean latent (None: no surface)
+    mean_img: np.ndarray  # its renders [1, 4, S, S, 3]
+    mean_logits: torch.Tensor | None
+    mean_feat: torch.Tensor | None
+    reference: RenderDistance | None
+    mean_info: dict = field(default_factory=dict)  # which shapes the mean latent averages
+
+
+def compare_name(label: str, k: int) -> str:
+    """Row key of prefix k of the compared bundle (`--compare LABEL=BUNDLE`)."""
+    return f"{label}:{k}"
+
+
 def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedClassifier | None = None,
                    teacher=None, out_dir: str | Path | None = None, command: str = "",
-                   progress: Callable | None = None) -> ReconResult:
+                   progress: Callable | None = None, compare: tuple[str, Any] | None = None) -> ReconResult:
     """Build the reconstruction table of `pipe` (a `LostPipeline`) on a split of a prepared dataset.
 
     Args:
@@ -223,6 +247,9 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
         out_dir: where recon.json, recon.md and the PNGs go (None: nothing written).
         command: the command line, stored in the report.
         progress: `progress(done, total, label)` per shape.
+        compare: (label, pipeline) of a second bundle on the same shape VAE (e.g. an ablation): its prefix rows
+            are decoded from the same shapes with the same seeds, and the report gains a "comparison" of the
+            two per k with paired intervals (`comparison_rows`).
     """
     t0 = time.time()
     store = DatasetStore(Path(root))
@@ -231,25 +258,15 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
         raise DataError(f"{root}: no items in split {cfg.split!r}")
     ks = resolve_ks(cfg.ks, pipe.num_tokens)
     dropped = sorted({int(k) for k in cfg.ks if k != "all" and int(k) > pipe.num_tokens})
-    rows = {name: _Row(name) for name in [*ks, *REFERENCE_ROWS]}
-    classes = classifier.model.categories if classifier is not None else []
-    labels = label_indices([r.get("category") for r in records], classes) if classifier is not None else None
-    vae, n_enc = pipe.vae, pipe.num_points
-    # same cameras, shading and size as the stored ground-truth renders (PROTOCOLS "Renders")
-    size = cfg.render_size or int(store.load(records[0]["id"], keys=["renders"])["renders"].shape[1])
-    features = distance_network(cfg.fd_network, classifier, teacher)
-    reference = RenderDistance(features, seed=cfg.seed) if features is not None else None
+    other_ks = resolve_ks(cfg.ks, compare[1].num_tokens) if compare is not None else []
+    if compare is not None and list(compare[1].vae.latent_shape) != list(pipe.vae.latent_shape):
+        raise ConfigError(f"--compare {compare[0]}: its shape VAE's latent {list(compare[1].vae.latent_shape)} is "
+                          f"not this bundle's {list(pipe.vae.latent_shape)}")
+    names = [*ks, *REFERENCE_ROWS, *(compare_name(compare[0], k) for k in other_ks)]
+    rows = {name: _Row(name) for name in names}
+    ctx = _context(pipe, store, records, cfg, classifier, teacher)
     for row in rows.values():
-        row.distance = reference.sharing_reference() if reference is not None else None
-
-    # the floor: one mesh for every shape
-    z_mean, mean_info = mean_latent(store, vae, n_enc, cfg.mean_items)
-    mean_mesh = vae.to_mesh(z_mean, resolution=cfg.resolution)
-    mean_pts = (surface_points(mean_mesh, cfg.n_points, cfg.seed)
-                if mean_mesh is not None and len(mean_mesh.faces) and mean_mesh.area > 0 else None)
-    mean_img = _render(mean_mesh, size)[None]  # [1, 4, S, S, 3]
-    mean_logits = classify_views(classifier.model, mean_img) if classifier is not None else None
-    mean_feat = teacher.forward_views(torch.from_numpy(mean_img))[0] if teacher is not None else None
+        row.distance = ctx.reference.sharing_reference() if ctx.reference is not None else None
 
     shapes: list[dict] = []
     t_decode = t_measure = 0.0
@@ -257,64 +274,14 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
         chunk = records[start:start + cfg.batch_size]
         arrays = [store.load(r["id"], keys=["surface_points", "surface_normals", "mesh_vertices", "mesh_faces",
                                             "renders"]) for r in chunk]
-        pts = torch.from_numpy(np.stack([a["surface_points"][:n_enc] for a in arrays]).astype(np.float32))
-        nrm = torch.from_numpy(np.stack([a["surface_normals"][:n_enc] for a in arrays]).astype(np.float32))
         t1 = time.time()
-        tokens = pipe.tokenize_points(pts, nrm)  # [B, R, token_dim]
-        meshes: dict[int | str, list] = {k: pipe.decode(tokens[:, :k], k=k, steps=cfg.steps, guidance=cfg.guidance,
-                                                        seed=cfg.seed + start, resolution=cfg.resolution) for k in ks}
-        z = vae.encode(pts.to(pipe.device), nrm.to(pipe.device))
-        meshes["vae"] = [vae.to_mesh(zi, resolution=cfg.resolution) for zi in z]
+        meshes = _decode_batch(pipe, arrays, ks, cfg, cfg.seed + start)
+        if compare is not None:
+            theirs = _decode_batch(compare[1], arrays, other_ks, cfg, cfg.seed + start, with_vae=False)
+            meshes.update({compare_name(compare[0], k): v for k, v in theirs.items()})
         t2 = time.time()
-        t_decode += t2 - t1
-
-        gt_renders = np.stack([a["renders"] for a in arrays])  # [B, 4, H, W, 3] real renders
-        gt_feat = teacher.forward_views(torch.from_numpy(gt_renders))[0] if teacher is not None else None
-        if reference is not None:
-            reference.update(gt_renders, real=True)
-        rendered: dict[int | str, np.ndarray] = {}
-        per_shape = [{"id": r["id"], "category": r.get("category")} for r in chunk]
-        for i, a in enumerate(arrays):
-            gt = trimesh.Trimesh(a["mesh_vertices"], a["mesh_faces"], process=False)
-            gt_pts = surface_points(gt, cfg.n_points, cfg.seed + 1)
-            gt_tree = surface_tree(gt_pts)  # one tree per ground truth, queried by every row
-            for name in [*ks, "vae"]:
-                per_shape[i][str(name)] = _metrics(meshes[name][i], gt_pts, cfg.n_points, cfg.seed, gt_tree)
-            per_shape[i]["mean"] = (point_metrics(mean_pts, gt_pts, gt_tree=gt_tree).as_dict() if mean_pts is not None
-                                    else failed_metrics().as_dict())
-        for name in [*ks, "vae"]:
-            rendered[name] = np.stack([_render(m, size) for m in meshes[name]])  # [B, 4, S, S, 3]
-        rendered["mean"] = np.repeat(mean_img, len(chunk), axis=0)
-
-        for name, row in rows.items():
-            imgs = rendered[name]
-            for i in range(len(chunk)):
-                row.metrics.append(per_shape[i][str(name)])
-            if row.distance is not None:
-                row.distance.update(imgs, real=False)
-            if classifier is not None:
-                logits = mean_logits.expand(len(chunk), -1, -1) if name == "mean" else classify_views(classifier.model, imgs)
-                pred = shape_probabilities(logits).argmax(dim=-1).numpy()  # [B]
-                for i in range(len(chunk)):
-                    y = labels[start + i]
-                    failed = per_shape[i][str(name)]["failed"]
-                    per_shape[i][str(name)]["predicted"] = None if failed else classes[pred[i]]
-                    if y >= 0:
-                        row.hits.append(bool(pred[i] == y and not failed))
-            if teacher is not None:
-                feat = mean_feat.expand(len(chunk), -1, -1) if name == "mean" else teacher.forward_views(torch.from_numpy(imgs))[0]
-                sim = torch.nn.functional.cosine_similarity(feat, gt_feat, dim=-1).mean(dim=1)  # [B]
-                for i in range(len(chunk)):
-                    per_shape[i][str(name)]["feature_sim"] = float(sim[i])
-                    row.sims.append(float(sim[i]))
-            for i in range(len(chunk)):
-                if len(row.tiles) < cfg.grid:
-                    row.tiles.append(_tile(gt_renders[i], imgs[i]))
-                    m = per_shape[i][str(name)]
-                    cd = "failed" if m["failed"] else f"CD {m['chamfer'] * 100:.2f}e-2"
-                    row.labels.append(f"{chunk[i].get('category')} {chunk[i]['id']}: {cd}")
-        shapes.extend(per_shape)
-        t_measure += time.time() - t2
+        shapes.extend(_measure_batch(ctx, chunk, arrays, meshes, rows, start))
+        t_decode, t_measure = t_decode + t2 - t1, t_measure + time.time() - t2
         if progress:
             progress(start + len(chunk), len(records), chunk[-1]["id"])
 
@@ -324,25 +291,144 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
         "rows": table,
         **classifier_report(classifier),
         "feature_network": getattr(teacher, "name", None),
-        "fd_network": features.name if features is not None else None,
-        "fd_metric": features.metric_name if features is not None else None,
-        "fd_warning": small_sample_warning(features.metric_name, len(records), len(records))
-        if features is not None else None,
+        "fd_network": ctx.reference.features.name if ctx.reference is not None else None,
+        "fd_metric": ctx.reference.features.metric_name if ctx.reference is not None else None,
+        "fd_warning": small_sample_warning(ctx.reference.features.metric_name, len(records), len(records))
+        if ctx.reference is not None else None,
         "command": command,
         "protocol": "PROTOCOLS.md reconstruction table; chamfer is RAW (multiply by 100 for the paper's x10^-2 "
                     "figure); medians over shapes (chamfer over non-failed reconstructions)",
         "split": cfg.split, "n": len(records), "model_id": pipe.model_id, "num_tokens": pipe.num_tokens,
         "dropped_ks": dropped,  # asked for, but longer than the model's R
         "settings": {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "resolution": cfg.resolution,
-                     "points_per_surface": cfg.n_points, "encoder_points": n_enc, "seed": cfg.seed,
-                     "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")},
-        "mean_latent": mean_info,
+                     "points_per_surface": cfg.n_points, "encoder_points": pipe.num_points, "seed": cfg.seed,
+                     "batch_size": cfg.batch_size, "render_size": ctx.size,
+                     "scheduler": pipe.sampling.get("scheduler")},
+        "mean_latent": ctx.mean_info,
         "seconds": {"decode": round(t_decode, 2), "measure": round(t_measure, 2), "total": round(time.time() - t0, 2)},
     }
+    if compare is not None:
+        report["comparison"] = {"name": compare[0], "model_id": compare[1].model_id,
+                                "rows": comparison_rows(rows, [k for k in ks if k in other_ks], compare[0])}
     result = ReconResult(table, report, shapes, seconds=time.time() - t0)
     if out_dir is not None:
         result.files = write_report(result, rows, Path(out_dir))
     return result
+
+
+def _context(pipe, store: DatasetStore, records: list[dict], cfg: ReconConfig, classifier: LoadedClassifier | None,
+             teacher) -> _Context:
+    """The render size, class labels, FD reference and the decoded mean latent (the floor), once per table."""
+    classes = classifier.model.categories if classifier is not None else []
+    labels = label_indices([r.get("category") for r in records], classes) if classifier is not None else None
+    # same cameras, shading and size as the stored ground-truth renders (PROTOCOLS "Renders")
+    size = cfg.render_size or int(store.load(records[0]["id"], keys=["renders"])["renders"].shape[1])
+    features = distance_network(cfg.fd_network, classifier, teacher)
+    reference = RenderDistance(features, seed=cfg.seed) if features is not None else None
+    z_mean, mean_info = mean_latent(store, pipe.vae, pipe.num_points, cfg.mean_items)
+    mean_mesh = pipe.vae.to_mesh(z_mean, resolution=cfg.resolution)
+    mean_pts = (surface_points(mean_mesh, cfg.n_points, cfg.seed)
+                if mean_mesh is not None and len(mean_mesh.faces) and mean_mesh.area > 0 else None)
+    mean_img = _render(mean_mesh, size)[None]  # [1, 4, S, S, 3]
+    return _Context(cfg, store, size, classifier, classes, labels, teacher, mean_pts, mean_img,
+                    classify_views(classifier.model, mean_img) if classifier is not None else None,
+                    teacher.forward_views(torch.from_numpy(mean_img))[0] if teacher is not None else None, reference,
+                    mean_info)
+
+
+def _decode_batch(pipe, arrays: list[dict], ks: list[int], cfg: ReconConfig, seed: int,
+                  with_vae: bool = True) -> dict[int | str, list]:
+    """Meshes of a batch of shapes: every prefix k of their tokens (one seeded noise shared by all k) and,
+    with `with_vae`, the shape VAE's own reconstruction."""
+    n_enc = pipe.num_points
+    pts = torch.from_numpy(np.stack([a["surface_points"][:n_enc] for a in arrays]).astype(np.float32))
+    nrm = torch.from_numpy(np.stack([a["surface_normals"][:n_enc] for a in arrays]).astype(np.float32))
+    tokens = pipe.tokenize_points(pts, nrm)  # [B, R, token_dim]
+    meshes: dict[int | str, list] = {k: pipe.decode(tokens[:, :k], k=k, steps=cfg.steps, guidance=cfg.guidance,
+                                                    seed=seed, resolution=cfg.resolution) for k in ks}
+    if with_vae:
+        z = pipe.vae.encode(pts.to(pipe.device), nrm.to(pipe.device))
+        meshes["vae"] = [pipe.vae.to_mesh(zi, resolution=cfg.resolution) for zi in z]
+    return meshes
+
+
+def _measure_batch(ctx: _Context, chunk: list[dict], arrays: list[dict], meshes: dict, rows: dict[int | str, _Row],
+                   start: int) -> list[dict]:
+    """Chamfer / F-score, renders, class and feature similarity of every row's meshes of one batch; fills the
+    rows and returns the per-shape records."""
+    cfg, decoded = ctx.cfg, [name for name in rows if name != "mean"]
+    per_shape = [{"id": r["id"], "category": r.get("category")} for r in chunk]
+    for i, a in enumerate(arrays):
+        gt = trimesh.Trimesh(a["mesh_vertices"], a["mesh_faces"], process=False)
+        gt_pts = surface_points(gt, cfg.n_points, cfg.seed + 1)
+        gt_tree = surface_tree(gt_pts)  # one tree per ground truth, queried by every row
+        for name in decoded:
+            per_shape[i][str(name)] = _metrics(meshes[name][i], gt_pts, cfg.n_points, cfg.seed, gt_tree)
+        per_shape[i]["mean"] = (point_metrics(ctx.mean_pts, gt_pts, gt_tree=gt_tree).as_dict()
+                                if ctx.mean_pts is not None else failed_metrics().as_dict())
+    gt_renders = np.stack([a["renders"] for a in arrays])  # [B, 4, H, W, 3] real renders
+    gt_feat = ctx.teacher.forward_views(torch.from_numpy(gt_renders))[0] if ctx.teacher is not None else None
+    if ctx.reference is not None:
+        ctx.reference.update(gt_renders, real=True)
+    for name, row in rows.items():
+        imgs = (np.repeat(ctx.mean_img, len(chunk), axis=0) if name == "mean"
+                else np.stack([_render(m, ctx.size) for m in meshes[name]]))  # [B, 4, S, S, 3]
+        for i in range(len(chunk)):
+            row.metrics.append(per_shape[i][str(name)])
+        if row.distance is not None:
+            row.distance.update(imgs, real=False)
+        if ctx.classifier is not None:
+            _classify_row(ctx, row, name, imgs, per_shape, start)
+        if ctx.teacher is not None:
+            feat = (ctx.mean_feat.expand(len(chunk), -1, -1) if name == "mean"
+                    else ctx.teacher.forward_views(torch.from_numpy(imgs))[0])
+            sim = torch.nn.functional.cosine_similarity(feat, gt_feat, dim=-1).mean(dim=1)  # [B]
+            for i in range(len(chunk)):
+                per_shape[i][str(name)]["feature_sim"] = float(sim[i])
+                row.sims.append(float(sim[i]))
+        for i in range(len(chunk)):
+            if len(row.tiles) < cfg.grid:
+                row.tiles.append(_tile(gt_renders[i], imgs[i]))
+                m = per_shape[i][str(name)]
+                cd = "failed" if m["failed"] else f"CD {m['chamfer'] * 100:.2f}e-2"
+                row.labels.append(f"{chunk[i].get('category')} {chunk[i]['id']}: {cd}")
+    return per_shape
+
+
+def _classify_row(ctx: _Context, row: _Row, name, imgs: np.ndarray, per_shape: list[dict], start: int) -> None:
+    """The classifier's category for each reconstruction of one row (a failed one counts as wrong)."""
+    B = len(per_shape)
+    logits = ctx.mean_logits.expand(B, -1, -1) if name == "mean" else classify_views(ctx.classifier.model, imgs)
+    pred = shape_probabilities(logits).argmax(dim=-1).numpy()  # [B]
+    for i in range(B):
+        y = ctx.labels[start + i]
+        failed = per_shape[i][str(name)]["failed"]
+        per_shape[i][str(name)]["predicted"] = None if failed else ctx.classes[pred[i]]
+        hit = bool(pred[i] == y and not failed)
+        per_shape[i][str(name)]["correct"] = hit if y >= 0 else None
+        if y >= 0:
+            row.hits.append(hit)
+
+
+def comparison_rows(rows: dict[int | str, _Row], ks: list[int], label: str) -> list[dict]:
+    """Per k: this bundle's and the compared bundle's class accuracy, feature similarity and median Chamfer, and
+    the paired changes (this minus compared) with 95% bootstrap intervals over the shapes."""
+    out = []
+    for k in ks:
+        a, b = rows[k], rows[compare_name(label, k)]
+        row: dict[str, Any] = {"k": k}
+        for key, va, vb in (("class_acc", a.hits, b.hits), ("feature_sim", a.sims, b.sims)):
+            if va and len(va) == len(vb):
+                change, ci = mean_change_interval(np.asarray(vb, float), np.asarray(va, float))
+                row.update({key: _num(np.mean(va)), f"{key}_other": _num(np.mean(vb)), f"{key}_change": _num(change),
+                            f"{key}_change_ci": [_num(v) for v in ci]})
+        cd = np.array([[np.nan if m["failed"] else m["chamfer"] for m in r.metrics] for r in (b, a)]).T  # [n, 2]
+        if cd.size:
+            _, change, change_ci = median_intervals(cd)
+            row.update({"chamfer": _num(np.nanmedian(cd[:, 1])), "chamfer_other": _num(np.nanmedian(cd[:, 0])),
+                        "chamfer_change": _num(change[0]), "chamfer_change_ci": [_num(v) for v in change_ci[0]]})
+        out.append(row)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -359,6 +445,9 @@ def _row_label(k: int | str, num_tokens: int) -> str:
         return "VAE reconstruction (upper bound)"
     if k == "mean":
         return "mean latent (floor)"
+    if isinstance(k, str) and ":" in k:  # a prefix row of the compared bundle
+        label, n = k.rsplit(":", 1)
+        return f"{label}: k = {n}"
     return f"k = {k} (all)" if k == num_tokens else f"k = {k}"
 
 
@@ -397,6 +486,21 @@ def render_markdown(report: dict) -> str:
             if isinstance(r["k"], int):
                 prev = r["k"]
             lines.append(text)
+    comp = report.get("comparison")
+    if comp:
+        name = comp["name"]
+        lines += ["", f"## This bundle against `{name}` (same shapes, seeds and settings)", "",
+                  "Paired changes (this bundle minus the other) with 95% bootstrap intervals over the shapes.", "",
+                  f"| k | class acc (this / {name}) | change | feature sim (this / {name}) | change | "
+                  f"median CD x10^-2 (this / {name}) | change |", "|---|---|---|---|---|---|---|"]
+        for r in comp["rows"]:
+            cells = []
+            for key, scale in (("class_acc", 1.0), ("feature_sim", 1.0), ("chamfer", 100.0)):
+                ci = r.get(f"{key}_change_ci")
+                cells += [f"{_cell(r.get(key), scale)} / {_cell(r.get(f'{key}_other'), scale)}",
+                          f"{scale * r[f'{key}_change']:+.3f} [{scale * ci[0]:+.3f}, {scale * ci[1]:+.3f}]"
+                          if ci and None not in ci and r.get(f"{key}_change") is not None else "-"]
+            lines.append(f"| {r['k']} | " + " | ".join(cells) + " |")
     lines += ["", f"- Class accuracy: render classifier `{report['classifier']}` on the 4 views of each "
               f"reconstruction (shape-level, view-averaged logits); its own test accuracy on real renders: "
               f"{_cell(report['classifier_test_acc'])} per shape, {_cell(report['classifier_test_acc_per_view'])} "
@@ -426,7 +530,8 @@ def write_report(result: ReconResult, rows: dict[int | str, _Row], out: Path) ->
     for name, row in rows.items():
         if row.tiles:
             title = f"{_row_label(name, R)}: ground truth | reconstruction, front and right views"
-            files.append(save_grid(row.tiles, out / f"recon_{name}.png", labels=row.labels, ncols=1, title=title))
+            safe = str(name).replace(":", "_").replace("/", "_")
+            files.append(save_grid(row.tiles, out / f"recon_{safe}.png", labels=row.labels, ncols=1, title=title))
     files.append(plot_curves(result.report, out / "recon_curve.png"))
     return files
 
@@ -450,6 +555,10 @@ def plot_curves(report: dict, path: Path) -> Path:
     for ax, (key, scale, label) in zip(axes, metrics):
         xs = [r["k"] for r in by_k if r.get(key) is not None]
         ax.plot(xs, [r[key] * scale for r in by_k if r.get(key) is not None], "o-", color="C0", label="LoST prefix")
+        other = [r for r in rows if isinstance(r["k"], str) and ":" in r["k"] and r.get(key) is not None]
+        if other:
+            ax.plot([int(r["k"].rsplit(":", 1)[1]) for r in other], [r[key] * scale for r in other], "s--",
+                    color="C1", label=other[0]["k"].rsplit(":", 1)[0])
         for (name, ref), color in zip(refs.items(), ("C2", "C3")):
             if ref.get(key) is not None:
                 ax.axhline(ref[key] * scale, ls="--", color=color, label=name)
