@@ -12,6 +12,7 @@ from lostcli.data.synth import (
     CATEGORY_SYNONYMS,
     build_mesh,
     caption_from_params,
+    displace,
     generate_shape,
     item_category,
     item_split,
@@ -31,9 +32,10 @@ def _has_word(text: str, words) -> bool:
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
-def test_every_category_is_a_normalised_watertight_volume(category):
+@pytest.mark.parametrize("deform", [0.0, 0.03])
+def test_every_category_is_a_normalised_watertight_volume(category, deform):
     for seed in range(3):
-        shape = generate_shape(category, np.random.default_rng([seed, 11]))
+        shape = generate_shape(category, np.random.default_rng([seed, 11]), deform)
         mesh = shape.mesh
         assert mesh.is_watertight and mesh.is_volume, (category, seed)
         assert len(mesh.split(only_watertight=False)) == 1, "parts must be unioned into one shell"
@@ -73,6 +75,26 @@ def test_params_are_json_and_rebuild_the_same_mesh():
         assert params == shape.params
         again = build_mesh(category, params)
         assert np.array_equal(again.vertices, shape.mesh.vertices)
+
+
+def test_deformation_bends_the_shape_and_keeps_its_parameters():
+    from lostcli.eval.geometry import mesh_metrics
+
+    bare = generate_shape("table", np.random.default_rng([3, 1]))
+    bent = generate_shape("table", np.random.default_rng([3, 1]), deform=0.03)
+    other = generate_shape("table", np.random.default_rng([3, 1]), deform=0.03)
+    assert {k: v for k, v in bent.params.items() if k != "deform"} == bare.params  # drawn after them
+    assert bent.caption == bare.caption  # detail, not semantics
+    field = bent.params["deform"]
+    assert field["amplitude"] == 0.03 and np.asarray(field["modes"]).shape == (8, 8)
+    assert np.array_equal(other.mesh.vertices, bent.mesh.vertices)  # seeded
+    assert np.array_equal(build_mesh("table", json.loads(json.dumps(bent.params))).vertices, bent.mesh.vertices)
+    moved = mesh_metrics(bent.mesh, bare.mesh, n=20000).chamfer
+    assert 0.005 < moved < 0.05  # a bend of a few percent of the object, not a new object
+    # the field by hand: one mode along x, 1 cycle per length, phase 0, amplitude (0, 0.1, 0)
+    one = {"amplitude": 0.1, "modes": [[1, 0, 0, 1.0, 0.0, 0.0, 0.1, 0.0]]}
+    p = np.array([[0.25, 0.0, 0.0], [0.0, 0.2, 0.3]])
+    np.testing.assert_allclose(displace(p, one), [[0.25, 0.1, 0.0], [0.0, 0.2, 0.3]], atol=1e-12)
 
 
 def test_captions_always_name_the_category():
@@ -162,3 +184,5 @@ def test_synth_dataset_rejects_bad_arguments(tmp_path):
         synth_dataset(tmp_path, n=0, seed=0)
     with pytest.raises(ConfigError):
         synth_dataset(tmp_path, n=2, seed=0, splits=(0.5, 0.5))
+    with pytest.raises(ConfigError, match="deform"):
+        synth_dataset(tmp_path, n=2, seed=0, deform=0.5)

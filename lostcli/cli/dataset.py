@@ -22,9 +22,12 @@ def synth(
     n: Annotated[int, typer.Option("--n", help="Number of shapes.")] = 240,
     seed: SeedOpt = 0,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+    deform: Annotated[float, typer.Option("--deform", help="Amplitude of each shape's smooth random deformation "
+                                          "(object length 1; 0: the bare parametric shapes).")] = 0.03,
 ) -> None:
     """Write the built-in procedural dataset: DIR/<id>.glb and DIR/metadata.jsonl.
 
+    Every shape is its category's parametric model bent by its own smooth random deformation (--deform).
     Example: lost dataset synth --out synth --n 240 --seed 0
     """
     from ..data.synth import synth_dataset
@@ -35,7 +38,7 @@ def synth(
         raise LostError(f"--n must be positive, got {n}")
     t0 = time.time()
     with _progress("synth", n) as tick:
-        records = synth_dataset(out, n=n, seed=seed, workers=workers, progress=tick)
+        records = synth_dataset(out, n=n, seed=seed, workers=workers, progress=tick, deform=deform)
     cats = sorted({r["category"] for r in records})
     console.print(f"wrote {len(records)} shapes in {len(cats)} categories to {out} ({time.time() - t0:.1f} s)")
 
