@@ -311,6 +311,21 @@ def test_cli_train_and_eval(store, tmp_path):
     assert [r for r in again if r["method"] == "rida"] == [r for r in rows if r["method"] == "rida" and r["split"] == "test"]
 
 
+def test_cli_eval_several_splits(store, tmp_path):
+    common = ["--recipe", REPO / "recipes" / "tiny" / "rida.yaml", "--data", store,
+              "--set", "model.overrides={width: 32, depth: 1, heads: 2, out_dim: 16}", "--set", "train.batch_size=8",
+              "--set", "train.steps=2", "--set", "train.save_every=0", "--set", "optim.warmup_steps=0"]
+    _run("train", *common, "--out", tmp_path / "rida")
+    _run("eval", "--rida", tmp_path / "rida", "--data", store, "--split", "train,test", "--out", tmp_path / "rep")
+    rows = json.loads((tmp_path / "rep" / "retrieval.json").read_text())["rows"]
+    assert [(r["method"], r["split"]) for r in rows if r["K"] == 3] == [
+        ("raw", "train"), ("rida", "train"), ("raw", "test"), ("rida", "test")]
+    assert all("map_vs_raw" in r for r in rows if r["method"] == "rida")
+    with pytest.raises(ConfigError, match="--split test,test"):
+        CliRunner().invoke(rida_cli.app, ["eval", "--rida", str(tmp_path / "rida"), "--data", str(store),
+                                          "--split", "test,test", "--out", str(tmp_path / "r")], catch_exceptions=False)
+
+
 def test_cli_errors(store, tmp_path):
     with pytest.raises(ConfigError, match="rida.objective"):
         CliRunner().invoke(rida_cli.app, ["train", "--data", str(store), "--out", str(tmp_path / "x"),

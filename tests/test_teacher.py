@@ -333,6 +333,34 @@ def test_category_captions_make_one_category_positives(tmp_path):
         ClipTask(tiny_teacher(), category_caption_prob=1.5)
 
 
+def test_view_consistency_term_by_hand(tmp_path):
+    root = make_store(tmp_path / "ds")
+    ds = RenderCaptionDataset(root, "train", image_size=32, context_length=16)
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]) for k in ("renders", "text")}
+    B = batch["text"].shape[0]
+    task = ClipTask(tiny_teacher(), view_weight=0.5)
+    plain = ClipTask(tiny_teacher())
+    torch.manual_seed(7)
+    out = task(batch)
+    torch.manual_seed(7)  # replay: the first view, then the offset to a different second view
+    view = torch.randint(0, 4, (B,))
+    other = (view + torch.randint(1, 4, (B,))) % 4
+    assert bool((other != view).all())
+    torch.manual_seed(7)
+    ref = plain(batch)  # CLIP on the first view: the same draw
+    rows = torch.arange(B)
+    with torch.no_grad():
+        a = task._embed(batch["renders"][rows, view])
+        b = task._embed(batch["renders"][rows, other])
+        logits = task.teacher.model.logit_scale.exp() * a @ b.T
+        target = torch.arange(B)
+        want = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    assert float(out["l_view"]) == pytest.approx(float(want), abs=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(ref["loss"]) + 0.5 * float(want), abs=1e-5)
+    with pytest.raises(ConfigError, match="data.view_weight"):
+        ClipTask(tiny_teacher(), view_weight=-1.0)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Features and retrieval
 # ----------------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ def evaluate(
     data: DataOpt,
     out: OutOpt,
     regression: Annotated[Optional[Path], typer.Option("--regression", help="Regression-baseline run or export.")] = None,
-    split: Annotated[str, typer.Option("--split", help="In-distribution split to evaluate.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="In-distribution split(s) to evaluate, comma-separated "
+                                       "(e.g. train,val,test).")] = "test",
     ood: Annotated[Optional[Path], typer.Option("--ood", help="Out-of-distribution dataset (all its items).")] = None,
     extra: Annotated[Optional[list[str]], typer.Option("--extra", help="More methods: NAME=RUN (repeatable).")] = None,
 ) -> None:
@@ -69,7 +70,11 @@ def evaluate(
         if name in methods:
             raise ConfigError(f"--extra {name}: method name used twice")
         methods[name] = RidaStudent.from_pretrained(path)
-    sets = [load_retrieval_set(require_dir(data, "dataset"), split, split)]
+    splits = [s.strip() for s in split.split(",") if s.strip()]
+    if not splits or len(set(splits)) != len(splits):
+        raise ConfigError(f"--split {split}: expected distinct split names, comma-separated")
+    root = require_dir(data, "dataset")
+    sets = [load_retrieval_set(root, s, s) for s in splits]
     if ood is not None:
         sets.append(load_retrieval_set(require_dir(ood, "OOD dataset"), None, "ood"))
         sets[-1].latent_stats = sets[0].latent_stats  # raw baseline: normalise as in-distribution (train stats)

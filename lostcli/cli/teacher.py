@@ -42,7 +42,8 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOpt = N
     dataset = RenderCaptionDataset(data, cfg.split, cfg.model.image_size, cfg.model.text_context, cache=cfg.data.cache)
     seed_everything(cfg.train.seed)
     # the task checks its settings: built before the run directory, so a refused value leaves nothing behind
-    task = ClipTask(ClipTeacher(cfg.model), run_config=to_dict(cfg), category_caption_prob=cfg.data.category_caption_prob)
+    task = ClipTask(ClipTeacher(cfg.model), run_config=to_dict(cfg), category_caption_prob=cfg.data.category_caption_prob,
+                    view_weight=cfg.data.view_weight)
     start_run(out, cfg)
     result = run_train(task, dataset, cfg.train, cfg.optim, out, resume=resume, run_config=to_dict(cfg))
     console.print(f"trained {result.steps} steps on {len(dataset)} shapes, final loss {result.final_loss:.4f} "

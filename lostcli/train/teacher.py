@@ -34,6 +34,10 @@ class TeacherDataConfig:
     # P(a training pair uses the short caption CATEGORY_CAPTION instead of the shape's own caption). Shapes that
     # share it in a batch are positives of each other, which pulls one category's renders together.
     category_caption_prob: float = 0.0
+    # weight of a view-consistency InfoNCE: a second view of each shape is the positive of the first (the other
+    # shapes' views in the batch the negatives), so a shape's 4 views embed alike, as a 3-D semantic teacher's
+    # should; 0: off (one view per shape, CLIP only)
+    view_weight: float = 0.0
 
 
 @dataclass
@@ -123,12 +127,15 @@ class ClipTask(Task):
     find_unused_parameters = False  # every parameter of both towers and the logit scale gets a gradient
 
     def __init__(self, teacher: ClipTeacher, run_config: dict | None = None,
-                 category_caption_prob: float = 0.0) -> None:
+                 category_caption_prob: float = 0.0, view_weight: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= category_caption_prob <= 1.0:
             raise ConfigError(f"data.category_caption_prob: must be in [0, 1] (got {category_caption_prob!r})")
+        if view_weight < 0:
+            raise ConfigError(f"data.view_weight: must be >= 0 (got {view_weight!r})")
         self.teacher = teacher
         self.category_caption_prob = category_caption_prob
+        self.view_weight = view_weight
         self.run_config = run_config or {}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -137,17 +144,27 @@ class ClipTask(Task):
         if self.category_caption_prob > 0:  # torch RNG: a resumed run draws the same captions
             short = torch.rand(B, device=ids.device) < self.category_caption_prob
             ids = torch.where(short[:, None], batch["text_category"], ids)
+        rows = torch.arange(B, device=renders.device)
         view = torch.randint(0, V, (B,), device=renders.device)  # one random view per shape
-        x = self.teacher.preprocess(renders[torch.arange(B, device=renders.device), view])  # [B, 3, S, S]
-        img, _ = self.teacher.model.visual(x)  # [B, D]
-        img = F.normalize(img, dim=-1)
+        img = self._embed(renders[rows, view])  # [B, D], normalised
         txt = self.teacher.encode_text_ids(ids)  # [B, D], normalised
         same = (ids[:, None, :] == ids[None, :, :]).all(dim=-1)  # [B, B] identical captions
         loss, logits = clip_loss(img, txt, self.teacher.model.logit_scale, same)
         with torch.no_grad():
-            hit = same[torch.arange(B, device=ids.device), logits.argmax(dim=1)]
+            hit = same[rows, logits.argmax(dim=1)]
             acc = hit.float().mean()  # in-batch image -> text top-1
-        return {"loss": loss, "acc_i2t": acc, "logit_scale": self.teacher.model.logit_scale.detach().exp()}
+        out = {"acc_i2t": acc, "logit_scale": self.teacher.model.logit_scale.detach().exp()}
+        if self.view_weight > 0:  # a different view of the same shape (torch RNG: resumable)
+            other = (view + torch.randint(1, V, (B,), device=renders.device)) % V
+            l_view, _ = clip_loss(img, self._embed(renders[rows, other]), self.teacher.model.logit_scale)
+            loss = loss + self.view_weight * l_view
+            out["l_view"] = l_view.detach()
+        return {"loss": loss, **out}
+
+    def _embed(self, views: torch.Tensor) -> torch.Tensor:
+        """uint8 renders [B, S, S, 3] -> L2-normalised image embeddings [B, D]."""
+        img, _ = self.teacher.model.visual(self.teacher.preprocess(views))
+        return F.normalize(img, dim=-1)
 
     def export(self, out_dir: Path) -> None:
         self.teacher.save_pretrained(out_dir, extra_config={"run": self.run_config})
