@@ -22,11 +22,13 @@ from lostcli.demo import (
     read_record,
     run_demo,
     stage_done,
+    thread_share,
 )
 from lostcli.errors import ConfigError
 
-ORDER = ["synth", "prepare", "vae", "latents", "teacher", "features", "rida", "rida_reg", "classifier", "tokenizer",
-         "bundle", "tokens", "gpt", "gpt_export", "recon", "retrieval", "gen", "samples"]
+ORDER = ["synth", "prepare", "vae", "latents", "teacher", "features", "classifier", "rida", "rida_reg", "tokenizer",
+         "tokenizer_nosem", "bundle", "bundle_nosem", "tokens", "gpt", "gpt_export", "recon", "retrieval", "gen",
+         "samples"]
 IDS = ["synth-000000", "synth-000001", "synth-000002"]
 
 
@@ -68,8 +70,10 @@ class FakeRunner:
         self.calls: dict[str, list[str]] = {}
         self.fail = fail
 
-    def __call__(self, stage, log: Path) -> int:
+    def __call__(self, stage, log: Path, threads: int | None = None) -> int:
         self.calls[stage.name] = stage.command_line()
+        self.threads = getattr(self, "threads", {})
+        self.threads[stage.name] = threads
         log.parent.mkdir(parents=True, exist_ok=True)
         if stage.name == self.fail:
             log.write_text("loading...\nerror: data/x.glb: vertices contain NaN or inf\n")
@@ -80,58 +84,82 @@ class FakeRunner:
         return 0
 
 
-def test_plan_command_lines(tmp_path):
-    opts = _opts(tmp_path)
-    d, r = str(opts.out), str(opts.recipes)
+def _parse(args: list[str]):
+    """Parse a stage's arguments with the real `lost` command (no command runs): the click context."""
+    import typer
+
+    from lostcli.cli.app import app
+
+    group = typer.main.get_command(app)
+    rest = list(args)
+    while rest and hasattr(group, "commands") and rest[0] in group.commands:
+        group = group.commands[rest.pop(0)]
+    assert not hasattr(group, "commands"), f"{args}: not a command"
+    return group.make_context(group.name, rest)
+
+
+def _needs_closure(plan: dict) -> dict[str, set[str]]:
+    """Every stage's needs, transitively."""
+    out: dict[str, set[str]] = {}
+
+    def walk(name: str) -> set[str]:
+        if name not in out:
+            out[name] = set(plan[name].needs)
+            for n in plan[name].needs:
+                out[name] |= walk(n)
+        return out[name]
+
+    for name in plan:
+        walk(name)
+    return out
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_stage_parses_with_the_real_cli_and_needs_what_it_reads(tmp_path, quick):
+    opts = _opts(tmp_path, quick=quick, **({"n": 72} if quick else {}))
     plan = {s.name: s for s in build_plan(opts)}
     assert list(plan) == ORDER
-    assert plan["synth"].args == ["dataset", "synth", "--out", f"{d}/synth", "--n", "1008", "--seed", "0"]
-    assert plan["prepare"].args == ["dataset", "prepare", f"{d}/synth", "--out", f"{d}/prepared", "--workers", "2"]
-    assert plan["vae"].command_line() == ["vae", "train", "--recipe", f"{r}/vae.yaml", "--data", f"{d}/prepared",
-                                          "--out", f"{d}/vae"]
-    assert plan["vae"].products == [opts.out / "vae" / "export" / "model.safetensors"]
-    assert plan["features"].args == ["dataset", "features", f"{d}/prepared", "--teacher", f"{d}/teacher/export",
-                                     "--grid", "4"]
-    assert plan["rida_reg"].args[-4:] == ["--set", "rida.objective=regression", "--out", f"{d}/rida_reg"]
-    assert plan["classifier"].args[:3] == ["eval", "classifier", "--recipe"]
-    assert plan["classifier"].run_dir == opts.out / "cls"
-    assert plan["classifier"].products[-1] == opts.out / "cls" / "eval.json"
-    tok = plan["tokenizer"].args
-    assert "--rida" not in tok and tok[-4:] == ["--set", "tokenizer.semantic_weight=0", "--out", f"{d}/tokenizer"]
-    assert plan["bundle"].args == ["tokenizer", "export", f"{d}/tokenizer", "--vae", f"{d}/vae/export",
-                                   "--out", f"{d}/bundle"]
-    assert plan["gpt"].args[-6:-1] == ["--model", f"{d}/bundle", "--text-encoder", f"{d}/teacher/export", "--out"]
-    assert plan["gpt_export"].args == ["gpt", "export", f"{d}/gpt", "--into", f"{d}/bundle"]
-    assert plan["recon"].args == ["eval", "recon", "--model", f"{d}/bundle", "--data", f"{d}/prepared", "--classifier",
-                                  f"{d}/cls", "--teacher", f"{d}/teacher/export", "--guidance", "1.0", "--limit", "36",
-                                  "--out", f"{d}/report/recon"]
-    assert plan["retrieval"].args == ["rida", "eval", "--rida", f"{d}/rida", "--regression", f"{d}/rida_reg", "--data",
-                                      f"{d}/prepared", "--split", "test", "--out", f"{d}/report/retrieval"]
-    assert plan["gen"].args == ["eval", "gen", "--model", f"{d}/bundle", "--data", f"{d}/prepared", "--split", "test",
-                                "--cfg", "1,3", "--classifier", f"{d}/cls", "--prompts-per-category", "3", "--seeds", "4",
-                                "--out", f"{d}/report/gen"]
-    prompts = opts.out / "samples" / "prompts.txt"
-    assert plan["samples"].args[:4] == ["generate", "--model", f"{d}/bundle", "--prompts"]
-    assert len(plan["samples"].files[prompts].splitlines()) == 3
+    closure = _needs_closure(plan)
+    # which stage writes which folder: a run directory, or the folder of its products
+    writers = {}
+    for s in plan.values():
+        for p in s.products:
+            writers.setdefault(str(p.parent if s.run_dir is None else s.run_dir), s.name)
+    writers[str(opts.out / "prepared")] = "prepare"
+    for name, stage in plan.items():
+        ctx = _parse(stage.command_line())  # the real options: types, required options, no unknown flags
+        assert ctx.params, name
+        assert all(n in plan and ORDER.index(n) < ORDER.index(name) for n in stage.needs), name
+        for value in ctx.params.values():  # every run folder it reads is written by a stage it needs
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                text = str(v)
+                for folder, writer in writers.items():
+                    reads = text == folder or text.startswith(folder + "/") or text.endswith("=" + folder)
+                    if reads and writer != name and not text.endswith(str(stage.run_dir or "//")):
+                        assert writer in closure[name], f"{name} reads {text} of {writer} without needing it"
 
 
-def test_plan_quick_and_semantic_weight(tmp_path):
-    opts = _opts(tmp_path, n=72, quick=True, semantic_weight=0.5)
-    d = str(opts.out)
+def test_plan_settings(tmp_path):
+    opts = _opts(tmp_path)
     plan = {s.name: s for s in build_plan(opts)}
-    assert plan["synth"].args[4:6] == ["--n", "72"]
-    quick = ["--set", "train.steps=2", "--set", "train.batch_size=8"]
-    for name in ("vae", "teacher", "rida", "rida_reg", "classifier", "tokenizer", "gpt"):  # every training stage
-        args = plan[name].args
-        assert args[-6:-2] == quick and args[-2] == "--out", name
-    for name in ("synth", "prepare", "latents", "bundle", "recon", "gen", "samples"):
-        assert "train.steps=2" not in plan[name].args, name
-    tok = plan["tokenizer"].args
-    assert tok[tok.index("--rida") + 1] == f"{d}/rida/export" and "tokenizer.semantic_weight=0.5" in tok
-    recon = plan["recon"].args
-    assert recon[recon.index("--limit") + 1] == "4" and recon[recon.index("--resolution") + 1] == "32"
-    gen = plan["gen"].args
-    assert gen[gen.index("--prompts-per-category") + 1] == "1" and gen[gen.index("--seeds") + 1] == "1"
+    tok, plain = _parse(plan["tokenizer"].args).params, _parse(plan["tokenizer_nosem"].args).params
+    assert tok["rida"] == opts.out / "rida" / "export" and not any("semantic_weight" in x for x in tok["sets"] or [])
+    assert "tokenizer.semantic_weight=0" in plain["sets"] and "tokenizer.repa_weight=0" in plain["sets"]
+    recon = _parse(plan["recon"].args).params
+    assert recon["compare"] == f"no_semantic={opts.out / 'bundle_nosem'}" and recon["limit"] >= 72
+    assert recon["guidance"] == 1.0 and recon["model"] == opts.out / "bundle"
+    assert _parse(plan["retrieval"].args).params["split"] == "train,val,test"
+    gen = _parse(plan["gen"].args).params
+    assert gen["cfg"] == "1,3" and gen["prompts"] == 3 and gen["seeds"] == 4
+    samples = plan["samples"]
+    assert _parse(samples.args).params["n"] == 4
+    assert samples.files[opts.out / "samples" / "prompts.txt"].splitlines()[0] == "a round table with a single pedestal leg"
+    weighted = {s.name: s for s in build_plan(_opts(tmp_path, semantic_weight=0.5))}
+    assert "tokenizer.semantic_weight=0.5" in _parse(weighted["tokenizer"].args).params["sets"]
+    quick = {s.name: s for s in build_plan(_opts(tmp_path, n=72, quick=True))}
+    for name in ("vae", "teacher", "rida", "rida_reg", "classifier", "tokenizer", "tokenizer_nosem", "gpt"):
+        assert "train.steps=2" in _parse(quick[name].args).params["sets"], name
+    assert _parse(quick["recon"].args).params["limit"] == 4
 
 
 def test_finished_stages_skipped_and_training_resumed(tmp_path):
@@ -168,7 +196,8 @@ def test_finished_stages_skipped_and_training_resumed(tmp_path):
     assert all((rep / f"{n}.json").is_file() for n in ("recon", "retrieval", "gen"))
     md = result.report.read_text()
     assert md.startswith("# LoST demo report") and "## recon table" in md and "## gen table" in md
-    assert "| vae | finished outside the demo |" in md and "| **total** |" in md
+    assert "| vae | finished outside the demo |" in md and "| **sum of the stages** |" in md
+    assert "wall clock" not in md  # part of the run was made earlier: no single wall clock
 
     # a rerun finds everything finished and runs nothing
     again = FakeRunner()
@@ -191,7 +220,73 @@ def test_failed_stage_names_its_log_and_rerun_resumes(tmp_path):
 def test_stage_without_product_is_an_error(tmp_path):
     opts = _opts(tmp_path)
     with pytest.raises(StageError, match="stage synth exited 0 but is not finished .*metadata.jsonl"):
-        run_demo(opts, runner=lambda stage, log: 0)
+        run_demo(opts, runner=lambda stage, log, threads: 0)
+
+
+class TimedRunner(FakeRunner):
+    """FakeRunner that takes a little time and records how many stages ran at once."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        import threading
+
+        super().__init__(fail)
+        self.lock, self.now, self.peak, self.order = threading.Lock(), 0, 0, []
+
+    def __call__(self, stage, log, threads=None):
+        import time
+
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            self.order.append(stage.name)
+        time.sleep(0.02)
+        try:
+            return super().__call__(stage, log, threads)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_two_jobs_run_side_by_side_after_their_needs(tmp_path, monkeypatch):
+    import lostcli.demo as demo_mod
+
+    monkeypatch.setattr(demo_mod, "cpu_threads", lambda: 2)
+    opts = _opts(tmp_path)
+    runner = TimedRunner()
+    result = run_demo(opts, runner=runner, jobs=2)
+    assert sorted(result.ran) == sorted(ORDER) and runner.peak == 2
+    plan = {s.name: s for s in build_plan(opts)}
+    for name in ORDER:  # nothing started before the stages it needs had finished
+        assert all(runner.order.index(n) < runner.order.index(name) for n in plan[name].needs)
+    assert runner.threads["synth"] == 2  # alone: both threads
+    assert 1 in runner.threads.values()  # beside another stage: one each
+    record = read_record(opts.out)
+    assert record["wall_seconds"] is not None and record["stages"]["teacher"]["threads"] in (1, 2)
+    md = result.report.read_text()
+    assert "| **wall clock** |" in md and "| **sum of the stages** |" in md
+    one = TimedRunner()
+    run_demo(_opts(tmp_path / "one"), runner=one, jobs=1)
+    assert one.peak == 1 and one.order == ORDER  # one job: plan order
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_demo(opts, runner=one, jobs=0)
+
+
+def test_thread_share():
+    assert thread_share(2, running=0, ready=0, jobs=2) == 2
+    assert thread_share(2, running=1, ready=0, jobs=2) == 1
+    assert thread_share(2, running=0, ready=3, jobs=2) == 1
+    assert thread_share(16, running=0, ready=1, jobs=4) == 8
+    assert thread_share(1, running=1, ready=1, jobs=2) == 1
+
+
+def test_a_failure_lets_running_stages_finish(tmp_path):
+    opts = _opts(tmp_path)
+    with pytest.raises(StageError, match="stage teacher failed"):
+        run_demo(opts, runner=TimedRunner(fail="teacher"), jobs=2)
+    done = set(read_record(opts.out)["stages"])
+    assert {"synth", "prepare"} <= done and "teacher" not in done and "features" not in done
+    result = run_demo(opts, runner=TimedRunner(), jobs=2)  # the rerun resumes
+    assert "teacher" in result.ran and not set(result.ran) & done
 
 
 def test_other_settings_refused(tmp_path):

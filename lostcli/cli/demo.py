@@ -16,7 +16,8 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumable: rerun to continue).")] = Path("runs/demo"),
     n: Annotated[Optional[int], typer.Option("--n", help="Shapes in the built-in dataset (default 1008; 72 with --quick).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: 72 shapes, 2 training steps per stage, tiny evaluations.")] = False,
-    semantic_weight: Annotated[float, typer.Option("--semantic-weight", help="Tokenizer semantic loss weight; > 0 uses the RIDA student.")] = 0.0,
+    semantic_weight: Annotated[Optional[float], typer.Option("--semantic-weight", help="Tokenizer semantic loss weight (default: the tiny recipe's; the no_semantic ablation is trained beside it).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Stages run side by side once their inputs exist; the CPU threads are split among them.")] = 2,
     recipes: Annotated[Optional[Path], typer.Option("--recipes", help="Folder of the tiny recipes (default: the repository's recipes/tiny).")] = None,
 ) -> None:
     """The embedded default: the whole offline pipeline with the tiny recipes, then a report.
@@ -32,12 +33,13 @@ def demo(
     from ..errors import ConfigError
 
     n = n if n is not None else (72 if quick else 1008)
-    if n <= 0 or semantic_weight < 0:
-        raise ConfigError(f"--n must be positive and --semantic-weight >= 0 (got {n}, {semantic_weight:g})")
+    if n <= 0 or (semantic_weight is not None and semantic_weight < 0) or jobs < 1:
+        raise ConfigError(f"--n and --jobs must be positive and --semantic-weight >= 0 (got {n}, {jobs}, "
+                          f"{semantic_weight})")
     opts = DemoOptions(out=out, recipes=recipes or find_recipes(), n=n, quick=quick, semantic_weight=semantic_weight)
     check_settings(opts, read_record(out))  # before the display starts: a mismatch is one clean line
     with _display(out) as show:
-        result = run_demo(opts, progress=show)
+        result = run_demo(opts, progress=show, jobs=jobs)
     console.print(f"report:  {result.report}\nbundle:  {result.bundle}\nsamples: {result.samples} (grid.png, "
                   f"sample_*.glb)\ntime: {result.total_seconds:.0f} s this run", highlight=False)
     console.print("seconds per stage: " + ", ".join(f"{k} {'-' if v is None else format(v, '.0f')}"
