@@ -182,6 +182,43 @@ def test_semantic_loss_with_no_eligible_sample_is_zero_and_connected():
     assert float(out["semantic"]) == 0.0 and out["loss"].requires_grad
 
 
+# -- full-noise regression -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prediction", ["auto", "sample"])
+def test_full_noise_regression_by_hand(prediction):
+    task = _task(prediction, x0_weight=0.7)
+    tok = task.tokenizer
+    tok.config.cfg_drop_prob = 0.5  # some samples dropped: they are left out of the term
+    z = torch.randn(8, *SHAPE)
+    torch.manual_seed(3)
+    out = task({"z": z})
+    torch.manual_seed(3)  # replay: the denoising pass's draws, then the regression pass's noise
+    x0 = tok.normalize(z)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(8, nested=True), tok.sample_drop(8)
+    target = tok.config.prediction
+    u = sample_u(8, "logit_normal")
+    noised("flow", x0, torch.randn_like(x0), u, prediction=target)
+    noise = torch.randn_like(x0)
+    with torch.no_grad():  # sigma = 1: x_t is the noise itself, x0_hat = noise - v (velocity) or the output
+        pred = tok.decoder_forward(noise, torch.ones(8), tokens, keep, drop)
+        x0_hat = noise - pred if target == "velocity" else pred
+        err = (x0_hat - x0).pow(2).flatten(1).mean(1)
+    assert 0 < int(drop.sum()) < 8
+    want = err[~drop].mean()
+    assert float(out["x0_regress"]) == pytest.approx(float(want), rel=1e-5)
+    assert abs(float(want) - float(err.mean())) > 1e-6  # dropped samples really are left out
+    assert float(out["loss"].detach()) == pytest.approx(float(out["denoise"]) + 0.7 * float(want), rel=1e-5)
+    out["loss"].backward()
+    assert tok.encoder.to_tokens.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="tokenizer.x0_weight"):
+        _task(x0_weight=-1.0)
+    with pytest.raises(ConfigError, match="tokenizer.x0_weight"):  # epsilon at pure noise: ill-posed
+        TokenizerTask(LoSTTokenizer(LoSTConfig(**TINY, prediction="epsilon")),
+                      TokenizerObjectiveConfig(scheduler="ddpm", semantic_weight=0.0, x0_weight=1.0))
+
+
 # -- REPA-style alignment --------------------------------------------------------------------------------
 
 

@@ -73,6 +73,11 @@ class TokenizerObjectiveConfig:
     # trained with the decoder and dropped from the export.
     repa_weight: float = 0.0
     repa_layer: int = 2  # 1-based decoder block whose output is aligned
+    # weight of a full-noise regression term: one more decoder pass at pure noise (flow sigma = 1) whose clean-latent
+    # estimate is regressed on x0 (MSE, CFG-dropped samples left out). At full noise only the tokens carry the
+    # shape, so this trains the decoder to read them and sends the encoder a direct reconstruction gradient;
+    # 0: off (the paper's objective). Needs flow, or a decoder predicting the sample (epsilon is ill-posed there).
+    x0_weight: float = 0.0
     # samples per batch the semantic loss sees (the batch's first n; batches are drawn at random, so the mean
     # stays unbiased): 0 = all. The frozen student's forward + backward costs about as much as a tiny tokenizer
     # step on a CPU. With 8 of 32, 2000 tiny steps took 633 s with lambda = 1 against 596 s without the loss
@@ -111,6 +116,9 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
         ("tokenizer.semantic_form", cfg.semantic_form in SEMANTIC_FORMS, f"must be one of {list(SEMANTIC_FORMS)}"),
         ("tokenizer.semantic_max_t", 0.0 < cfg.semantic_max_t <= 1.0, "must be in (0, 1]"),
         ("tokenizer.repa_weight", cfg.repa_weight >= 0, "must be >= 0"),
+        ("tokenizer.x0_weight", cfg.x0_weight >= 0 and (cfg.x0_weight == 0 or cfg.scheduler == "flow"
+                                                        or cfg.prediction == "sample"),
+         "must be >= 0; > 0 needs scheduler flow or prediction sample"),
         ("tokenizer.repa_layer", cfg.repa_layer >= 1, "must be >= 1 (a decoder block)"),
         ("tokenizer.nest_after", cfg.nest_after >= 0, "must be >= 0 (epochs)"),
         ("tokenizer.keep_sampling", cfg.keep_sampling in KEEP_MODES, f"must be one of {list(KEEP_MODES)}"),
@@ -312,6 +320,10 @@ class TokenizerTask(nn.Module):
             semantic = self._semantic(x0, x_t, t, pred, drop)
             loss = loss + cfg.semantic_weight * semantic
             out["semantic"] = semantic.detach()
+        if cfg.x0_weight > 0:
+            regress = self._full_noise_regression(x0, tokens, keep, drop)
+            loss = loss + cfg.x0_weight * regress
+            out["x0_regress"] = regress.detach()
         if hidden is not None:
             with torch.no_grad():
                 ref = self.student.forward_features(student_input(self.student, tok, x0))[1]  # [B, N_s, D_s]
@@ -320,6 +332,20 @@ class TokenizerTask(nn.Module):
             loss = loss + cfg.repa_weight * repa
             out["repa"] = repa.detach()
         return {"loss": loss, **out}
+
+    def _full_noise_regression(self, x0: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
+                               drop: torch.Tensor) -> torch.Tensor:
+        """MSE of the decoder's clean-latent estimate at pure noise against x0, over the samples that see
+        their tokens (same prefixes as the denoising pass); 0 (still in the graph) when every sample is dropped."""
+        cfg, tok = self.cfg, self.tokenizer
+        ones = torch.ones(x0.shape[0], device=x0.device)
+        x_t, t, _ = noised(cfg.scheduler, x0, torch.randn_like(x0), ones, cfg.num_train_timesteps,
+                           tok.config.prediction)
+        pred = tok.decoder_forward(x_t, t, tokens, keep, drop)
+        x0_hat = predict_x0(cfg.scheduler, x_t, t, pred, cfg.num_train_timesteps, tok.config.prediction)
+        err = (x0_hat.float() - x0.float()).pow(2).flatten(1).mean(1)  # [B]
+        use = (~drop).float()
+        return (err * use).sum() / use.sum().clamp(min=1.0)
 
     def _semantic(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor,
                   drop: torch.Tensor) -> torch.Tensor:
