@@ -1,6 +1,6 @@
 """The Python API in one page: tokenize a mesh, decode every prefix, generate from text.
 
-    python examples/api_tokenize_decode.py --model runs/demo/bundle --mesh ../shared/meshes/spot.glb --out api_out
+    python examples/api_tokenize_decode.py --model runs/demo/bundle --mesh tests/data/penguin.glb --out api_out
 
 `--model` is a bundle folder (`lost demo` leaves one in DIR/bundle; `lost tokenizer export` + `lost gpt export`
 build one from your own runs). Runs on a CPU in seconds with the tiny bundle. Prints one line per file written.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Your own meshes with a trained bundle: prepare a folder of meshes, then tokenize, decode and evaluate them.
 #
-#   bash examples/custom_meshes.sh MESH_FOLDER BUNDLE [OUT]      e.g.  bash examples/custom_meshes.sh ../shared/meshes runs/demo/bundle runs/mine
+#   bash examples/custom_meshes.sh MESH_FOLDER BUNDLE [OUT]      e.g.  bash examples/custom_meshes.sh tests/data runs/demo/bundle runs/mine
 #
 # MESH_FOLDER: any obj/glb/gltf/ply/stl/off files (sub-folders too); pass UP=z for Z-up sources.
 # BUNDLE: a bundle folder (`lost demo` leaves one in DIR/bundle). Broken meshes are recorded in

@@ -310,7 +310,7 @@ class LostPipeline:
     """Shape VAE + LoST tokenizer of one bundle: `tokenize` meshes, `decode` token prefixes to meshes, and
     `generate` shapes from text (the bundle's gpt/ and text_encoder/, loaded on first use).
 
-    Everything works in the unit frame ([-1, 1]^3, PROTOCOLS normalisation); `Tokens.normalization` maps back.
+    Everything works in the unit frame ([-1, 1]^3, docs/protocols.md normalisation); `Tokens.normalization` maps back.
     """
 
     def __init__(self, vae: ShapeVAE, tokenizer: LoSTTokenizer, model_id: str,

@@ -79,13 +79,28 @@ def test_cpu_attention_is_counted():
     assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 2 * (2 * B * h * S * S * d)
 
 
-def test_peak_table():
-    assert peak_tflops_for("NVIDIA H100 80GB HBM3", "bf16") == 989.0
-    assert peak_tflops_for("NVIDIA H100 PCIe", "bf16") == 756.0
-    assert peak_tflops_for("NVIDIA H200", "bf16") == 989.0
-    assert peak_tflops_for("NVIDIA A100-SXM4-80GB", "bf16") == 312.0
+# Dense bf16 tensor-core peak = SMs x bf16 FMAs per SM per clock x 2 FLOPs x clock. An Ampere SM's 4 tensor cores do
+# 4 x 256 FMAs per clock, a Hopper SM's 4 x 512. Clocks: A100's 1.41 GHz boost; H100 SXM's 1.83 GHz tensor clock; for
+# H100 PCIe 1.62 GHz, the clock its datasheet figure implies (1,513 sparse TFLOPS / (114 SMs x 8,192)).
+HARDWARE = {  # torch.cuda.get_device_name(): (SMs, bf16 FMAs per SM per clock, GHz)
+    "NVIDIA A100-SXM4-80GB": (108, 4 * 256, 1.41),
+    "NVIDIA A100-PCIE-40GB": (108, 4 * 256, 1.41),
+    "NVIDIA H100 80GB HBM3": (132, 4 * 512, 1.83),
+    "NVIDIA H100 PCIe": (114, 4 * 512, 1.62),
+    "NVIDIA H200": (132, 4 * 512, 1.83),  # the H100 SXM chip with more, faster memory
+}
+
+
+@pytest.mark.parametrize("name", sorted(HARDWARE))
+def test_peak_table_matches_the_hardware(name):
+    sms, fmas, ghz = HARDWARE[name]
+    assert peak_tflops_for(name, "bf16") == pytest.approx(sms * fmas * 2 * ghz * 1e9 / 1e12, rel=1e-3)
+
+
+def test_peak_is_none_without_a_bf16_tensor_core_figure():
     assert peak_tflops_for("NVIDIA A100-SXM4-80GB", "fp32") is None
     assert peak_tflops_for("AMD EPYC 7B13", "bf16") is None
+    assert peak_tflops_for("NVIDIA GeForce RTX 4090", "bf16") is None
 
 
 def test_cpu_peak_memory_sees_an_allocation():

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+import typer
 
 from lostcli import __version__
+from lostcli.cli.app import app
 
 from conftest import cli
 
@@ -31,15 +34,47 @@ def test_version(capsys):
     assert err == ""
 
 
-def test_help_lists_the_command_groups(capsys):
-    code, out, _ = cli(capsys, "--help")
-    assert code == 0
-    for name in ("dataset", "vae", "info"):
-        assert f" {name} " in out, f"{name} missing from lost --help"
-    code, out, _ = cli(capsys, "dataset", "--help")
-    assert code == 0
-    for name in ("synth", "prepare", "info", "check", "preview", "prompts"):
-        assert f" {name} " in out, f"{name} missing from lost dataset --help"
+def command_tree() -> dict[tuple[str, ...], list[str]]:
+    """Every command path of the real `lost` app, from the root down -> the names of its subcommands ([] for a
+    command that is not a group)."""
+    tree: dict[tuple[str, ...], list[str]] = {}
+
+    def walk(cmd, path: tuple[str, ...]) -> None:
+        ctx = typer.Context(cmd, info_name=path[-1])
+        names = list(cmd.list_commands(ctx)) if hasattr(cmd, "list_commands") else []
+        tree[path] = names
+        for name in names:
+            walk(cmd.get_command(ctx, name), (*path, name))
+
+    walk(typer.main.get_command(app), ("lost",))
+    return tree
+
+
+COMMANDS = command_tree()
+GROUPS = [path for path, names in COMMANDS.items() if names]
+
+
+def test_the_tree_holds_every_group():
+    top = COMMANDS[("lost",)]
+    assert {"dataset", "vae", "teacher", "rida", "tokenizer", "gpt", "eval", "info", "train-tokenizer", "tokenize",
+            "decode", "generate", "bench", "demo"} <= set(top)
+    assert len(COMMANDS) >= 41 and ("lost", "vae", "reconstruct") in COMMANDS  # the walk reached the leaves
+
+
+@pytest.mark.parametrize("path", GROUPS, ids=" ".join)
+def test_group_help_lists_its_commands(capsys, path):
+    code, out, err = cli(capsys, *path[1:], "--help")
+    assert code == 0, err
+    assert f"Usage: {' '.join(path)} " in out, out
+    for name in COMMANDS[path]:
+        assert f" {name} " in out, f"{name} missing from {' '.join(path)} --help"
+
+
+@pytest.mark.parametrize("path", [p for p in COMMANDS if p != ("lost",)], ids=" ".join)
+def test_every_command_help_exits_0_with_its_usage(capsys, path):
+    code, out, err = cli(capsys, *path[1:], "--help")
+    assert code == 0, err
+    assert f"Usage: {' '.join(path)} " in out, out
 
 
 def test_info_json(capsys):

@@ -182,6 +182,95 @@ def test_reconstruct_writes_the_surface_in_the_input_frame(run_dir, tmp_path, ca
 
 
 # ----------------------------------------------------------------------------------------------------
+# option validation: every bad value is one line naming the option, exit code 2, nothing written
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> Path:
+    """An untrained tiny-preset export: loads in milliseconds, enough to reach every option's use."""
+    torch.manual_seed(0)
+    return TriplaneVAE.from_preset("tiny").save_pretrained(tmp_path_factory.mktemp("tiny_vae") / "export")
+
+
+RECONSTRUCT_BAD = [
+    (["--resolution", "0"], "--resolution"),
+    (["--resolution", "-3"], "--resolution"),
+    (["--resolution", "5000"], "--resolution"),
+    (["--points", "0"], "--points"),
+    (["--points", "-5"], "--points"),
+    (["--threshold", "nan"], "--threshold"),
+    (["--threshold", "inf"], "--threshold"),
+    (["--up", "x"], "--up"),
+    (["--seed", "-1"], "--seed"),
+    (["--out", "{tmp}/rec.txt"], "--out"),
+    (["--out", "{tmp}/a_file/rec.obj"], "--out"),
+    (["--preset", "bogus"], "--preset"),
+]
+
+
+@pytest.mark.parametrize("bad, option", RECONSTRUCT_BAD, ids=[" ".join(b) for b, _ in RECONSTRUCT_BAD])
+def test_reconstruct_bad_option_is_one_line(tiny_export, tmp_path, capsys, bad, option):
+    (tmp_path / "a_file").write_text("a file, not a folder\n")
+    good_out = tmp_path / "rec.obj"
+    args = [a.format(tmp=tmp_path) for a in bad]  # given after the good values: the last one wins
+    code, stdout, err = cli(capsys, "vae", "reconstruct", PENGUIN, "--vae", tiny_export, "--json",
+                            "--resolution", 16, "--out", good_out, *args)
+    assert code == 2, (stdout, err)
+    line = one_error(err)  # one line, no traceback
+    assert option in line, line
+    assert stdout == "" and not good_out.exists() and not (tmp_path / "rec.txt").exists()
+
+
+def test_reconstruct_good_edge_values_run(tiny_export, tmp_path, capsys):
+    # the bounds themselves are accepted: resolution 1, one encoder point, seed 0, a large threshold
+    code, stdout, err = cli(capsys, "vae", "reconstruct", PENGUIN, "--vae", tiny_export, "--json", "--resolution",
+                            1, "--points", 1, "--seed", 0, "--threshold", -1e30, "--out", tmp_path / "r.ply")
+    assert code == 0, err
+    assert set(json.loads(stdout)) >= {"chamfer", "failed"}
+
+
+EVAL_BAD = [
+    (["--resolution", "0"], "--resolution"),
+    (["--resolution", "2000"], "--resolution"),
+    (["--limit", "0"], "--limit"),
+    (["--limit", "1"], "--limit"),
+    (["--limit", "-1"], "--limit"),
+    (["--seed", "-1"], "--seed"),
+    (["--split", "nope"], "--split"),
+    (["--preset", "bogus"], "--preset"),
+    (["--out", "{tmp}/a_file"], "--out"),
+]
+
+
+@pytest.mark.parametrize("bad, option", EVAL_BAD, ids=[" ".join(b) for b, _ in EVAL_BAD])
+def test_eval_bad_option_is_one_line(tiny_export, prepared, tmp_path, capsys, bad, option):
+    (tmp_path / "a_file").write_text("a file, not a folder\n")
+    args = [a.format(tmp=tmp_path) for a in bad]
+    code, _, err = cli(capsys, "vae", "eval", "--vae", tiny_export, "--data", prepared, "--out", tmp_path / "ev",
+                       "--split", "train", "--resolution", 8, "--limit", 2, *args)
+    assert code == 2, err
+    assert option in one_error(err)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_check_and_train_bad_options_are_one_line(prepared, tmp_path, capsys):
+    from lostcli.cli.vae import PRESETS
+    from lostcli.latent.hub import PRESET_CLASS
+
+    assert set(PRESETS) == set(PRESET_CLASS)  # --preset accepts exactly what the loader knows
+    code, _, err = cli(capsys, "vae", "check", PENGUIN, "--preset", "bogus")
+    assert code == 2 and "--preset" in one_error(err)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("a file, not a folder\n")
+    code, _, err = cli(capsys, "vae", "train", "--data", prepared, "--out", a_file, *TRAIN, "--set", "train.steps=1")
+    assert code == 2 and "--out" in one_error(err) and str(a_file) in err
+    code, _, err = cli(capsys, "vae", "train", "--data", a_file, "--out", tmp_path / "R", *TRAIN)
+    assert code == 2 and str(a_file) in one_error(err)
+    assert not (tmp_path / "R").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
 # dataset latents
 # ----------------------------------------------------------------------------------------------------
 

@@ -97,6 +97,29 @@ def test_prepare_records_failures_and_reruns_redo_nothing(tmp_path):
     assert prepare_dataset(src, out, changed).skipped == 4
 
 
+def test_mesh_entries_that_cannot_be_opened_are_recorded(tmp_path):
+    """A broken symlink or a link loop with a mesh extension is a failure with its reason, never skipped silently;
+    a folder whose name ends in a mesh extension is a folder (its meshes are prepared)."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    (src / "parts.obj").mkdir(parents=True)
+    trimesh.creation.box(extents=BOX_EXTENTS).export(src / "good.obj")
+    trimesh.creation.box().export(src / "parts.obj" / "inner.obj")
+    (src / "x.obj").symlink_to("missing")
+    (src / "loop.ply").symlink_to("loop.ply")
+    assert [i.source for i in discover(src)] == ["good.obj", "loop.ply", "parts.obj/inner.obj", "x.obj"]
+
+    res = prepare_dataset(src, out, _cfg())
+    assert res.done == 2 and DatasetStore(out).ids() == ["good", "inner"]
+    reasons = {f["file"]: f["reason"] for f in res.failed}
+    assert set(reasons) == {str(src / "x.obj"), str(src / "loop.ply")}
+    want = f"{src / 'x.obj'}: broken symbolic link (to 'missing', which cannot be opened)"
+    assert reasons[str(src / "x.obj")] == want
+    assert reasons[str(src / "loop.ply")].startswith(f"{src / 'loop.ply'}: broken symbolic link (to 'loop.ply'")
+    assert {f["file"] for f in DatasetStore(out).failures()} == set(reasons)
+    again = prepare_dataset(src, out, _cfg())  # unchanged links are known failures, not retried
+    assert (again.done, again.skipped, again.failed, again.known_failures) == (0, 2, [], 2)
+
+
 def test_arrays_shapes_dtypes_and_geometry(tmp_path):
     src, out = _make_src(tmp_path), tmp_path / "out"
     prepare_dataset(src, out, _cfg())

@@ -15,6 +15,8 @@ from lostcli.latent.base import DiagonalGaussian, load_vae
 from lostcli.latent.checkpoint import load_strict
 from lostcli.latent.trellis import (
     PRESETS,
+    ChannelLayerNorm32,
+    GroupNorm32,
     ResBlock3d,
     SparseStructureDecoder,
     SparseStructureEncoder,
@@ -123,6 +125,75 @@ def test_resblock_is_identity_at_init_and_layernorm_is_per_voxel():
     ref = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 4, 1), (8,)).permute(0, 4, 1, 2, 3)
     assert torch.allclose(h, ref, atol=1e-6)
     assert block.norm1(x.half()).dtype == torch.float16  # computed in fp32, cast back
+
+
+def test_channel_layer_norm_output_is_contiguous_and_bit_exact():
+    """As TRELLIS's: a contiguous result, so the next Conv3d sees the strides (and gives the values) it does there."""
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm32(16)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    for dtype in (torch.float32, torch.float16):
+        x = torch.randn(2, 16, 5, 6, 7).to(dtype)
+        h = norm(x)
+        # by hand: channels last -> layer norm in float32 -> back to x's dtype -> channels first, contiguous
+        ref = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 4, 1).float(), (16,), norm.weight, norm.bias,
+                                             norm.eps).type(dtype).permute(0, 4, 1, 2, 3).contiguous()
+        assert h.is_contiguous() and h.dtype == dtype
+        assert torch.equal(h, ref)
+
+
+def test_training_task_keeps_norm_strides_and_a_loaded_model_does_not(tmp_path):
+    from lostcli.train.vae import SparseVaeTask, VaeLossConfig
+
+    vae = SparseStructureVAE(_small_cfg())
+    norms = [m for m in vae.modules() if isinstance(m, ChannelLayerNorm32)]
+    assert norms and not any(n.keep_strides for n in norms)  # built: TRELLIS's contiguous norms
+    x = torch.randn(1, 8, 4, 4, 4)
+    exact = norms[0](x)
+    SparseVaeTask(vae, VaeLossConfig())  # training: the faster channels-last strides
+    assert all(n.keep_strides for n in norms)
+    fast = norms[0](x)
+    assert not fast.is_contiguous() and torch.equal(fast, exact)  # same values, other strides
+    vae.save_pretrained(tmp_path / "vae")
+    loaded = [m for m in load_vae(tmp_path / "vae").modules() if isinstance(m, ChannelLayerNorm32)]
+    assert len(loaded) == len(norms) and not any(n.keep_strides for n in loaded)
+
+
+def _norms(net: torch.nn.Module) -> tuple[list[type], type]:
+    """(norm classes of every ResBlock3d, in order; the out_layer's norm class)."""
+    blocks = [m for m in net.modules() if isinstance(m, ResBlock3d)]
+    return [type(n) for b in blocks for n in (b.norm1, b.norm2)], type(net.out_layer[0])
+
+
+def test_norm_type_group_changes_only_the_output_layer_norm():
+    # TRELLIS builds every ResBlock3d with its default ChannelLayerNorm32; norm_type picks the out_layer's norm only.
+    cfg = _small_cfg(norm_type="group", enc_channels=[32, 32, 64], dec_channels=[64, 32, 32])  # GroupNorm(32, C)
+    vae = SparseStructureVAE(cfg)
+    for net in (vae.encoder, vae.decoder):
+        blocks, out = _norms(net)
+        assert len(blocks) == 2 * (3 + 1) and set(blocks) == {ChannelLayerNorm32}
+        assert out is GroupNorm32
+        assert [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)] == [net.out_layer[0]]
+    layer = SparseStructureVAE(_small_cfg(enc_channels=[32, 32, 64], dec_channels=[64, 32, 32]))
+    for net in (layer.encoder, layer.decoder):
+        blocks, out = _norms(net)
+        assert set(blocks) == {ChannelLayerNorm32} and out is ChannelLayerNorm32
+    # same keys and shapes either way (both norms hold weight + bias [C])
+    assert {k: v.shape for k, v in vae.state_dict().items()} == {k: v.shape for k, v in layer.state_dict().items()}
+    z = vae.encode(torch.rand(1, 256, 3) * 2 - 1, None)
+    assert vae.decode_logits(z).shape == (1, 1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("kind", ["enc", "dec"])
+def test_release_layout_is_the_same_with_group_norm(kind):
+    fx = _fixture(kind)
+    with torch.device("meta"):
+        net = NETS[kind](**{**fx["constructor_args"], "norm_type": "group"})
+    assert [(k, list(v.shape)) for k, v in net.state_dict().items()] == [(k, s) for k, s, _ in fx["state_dict"]]
+    blocks, out = _norms(net)
+    assert set(blocks) == {ChannelLayerNorm32} and out is GroupNorm32
 
 
 def test_fp16_forward_casts():

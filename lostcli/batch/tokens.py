@@ -65,7 +65,7 @@ def decode_to_files(
 
     Every prefix is decoded from the same seeded noise, so `--tokens 4` and the k = 4 mesh of a
     progressive run are the same shape. Meshes are written in the source mesh's frame when the tokens
-    carry its normalisation and `source_frame`; previews always show the unit frame (PROTOCOLS cameras).
+    carry its normalisation and `source_frame`; previews always show the unit frame (docs/protocols.md cameras).
     A prefix whose latent holds no surface writes no mesh; it is reported in the result and the record.
 
     Args:

@@ -1,1 +1,3 @@
-"""cli"""
+"""The `lost` command line: one Typer group per module (dataset, vae, teacher, rida, tokenizer, gpt, eval,
+bench, demo, ...). Commands parse and validate options, then call the packages below; no model or metric
+code lives here."""

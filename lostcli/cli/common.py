@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional, TypeVar
 
@@ -11,7 +13,7 @@ import typer
 from rich.console import Console
 
 from ..config import load_config, save_config
-from ..errors import LostError
+from ..errors import ConfigError, LostError
 
 T = TypeVar("T")
 
@@ -38,6 +40,7 @@ def resolve_config(cls: type[T], recipe: Optional[Path], sets: Optional[list[str
 
 def start_run(out: Path, cfg) -> Path:
     """Create the run directory and store the resolved config and the command line in it."""
+    require_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     (out / "command.txt").write_text(" ".join(["lost", *sys.argv[1:]]) + "\n")
@@ -59,3 +62,58 @@ def require_file(path: Path, what: str) -> Path:
 def offline_default() -> None:
     """No hub is reachable from many research machines: default to offline unless the user opts in."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Option checks: each raises ConfigError with one line that starts with the option and its value
+# ----------------------------------------------------------------------------------------------------
+
+
+def require_int_range(option: str, value: Optional[int], least: int, most: Optional[int] = None) -> None:
+    """`value` (None: not given) must lie in [least, most] (no upper bound when `most` is None)."""
+    if value is None or (value >= least and (most is None or value <= most)):
+        return
+    need = f">= {least}" if most is None else f"between {least} and {most}"
+    raise ConfigError(f"{option} {value}: must be {need}")
+
+
+def require_finite(option: str, value: float) -> None:
+    """`value` must be a finite number (not nan or +-inf)."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} {value}: must be a finite number")
+
+
+def require_choice(option: str, value: Optional[str], choices: Iterable[str]) -> None:
+    """`value` (None: not given) must be one of `choices`."""
+    choices = list(choices)
+    if value is not None and value not in choices:
+        raise ConfigError(f"{option} {value}: must be one of {', '.join(choices)}")
+
+
+def _blocking_file(path: Path) -> Optional[Path]:
+    """The nearest existing ancestor of `path` when it is not a folder (nothing can be created below it)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def require_out_file(option: str, path: Path, suffixes: Iterable[str]) -> None:
+    """`path` must end in one of `suffixes` and be writable as a file: not a folder, no file in its way."""
+    suffixes = list(suffixes)
+    if path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{option} {path}: must end in {', '.join(suffixes)}")
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder, not a file")
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise ConfigError(f"{option} {path}: cannot be written ({blocker} is a file, not a folder)")
+
+
+def require_out_dir(path: Path, option: str = "--out") -> None:
+    """`path` must be a folder or creatable as one: not an existing file, no file in its way."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: is a file, not a folder")
+    blocker = _blocking_file(path)
+    if blocker is not None:
+        raise ConfigError(f"{option} {path}: cannot be created ({blocker} is a file, not a folder)")

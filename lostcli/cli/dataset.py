@@ -57,7 +57,7 @@ def prepare(
     Resumable (a re-run skips finished items); failed items are recorded and the rest completes.
     Under `accelerate launch` items are split across processes.
 
-    Example: lost dataset prepare ../shared/meshes --out prepared --workers 2
+    Example: lost dataset prepare tests/data --out prepared --workers 2
     """
     from ..data.prepare import PrepareConfig, finalize, prepare_dataset
     from ..errors import LostError

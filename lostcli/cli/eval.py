@@ -68,7 +68,7 @@ def recon(
     """Reconstruction table: tokenize each shape, decode prefixes of k tokens, measure and classify.
 
     Rows per k, plus the shape VAE's own reconstruction ("vae", upper bound) and the dataset's mean latent
-    decoded ("mean", floor): median Chamfer (raw, PROTOCOLS), median F-score, class accuracy of the
+    decoded ("mean", floor): median Chamfer (raw, docs/protocols.md), median F-score, class accuracy of the
     reconstructions' renders (beside the classifier's own test accuracy and chance), feature similarity to the
     real renders (--teacher) and FD / KID against them (--fd-network). Writes OUT/recon.json,
     OUT/recon.md, a PNG of a few decodes per row and a curve of each metric against k.

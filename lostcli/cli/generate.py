@@ -1,7 +1,7 @@
 """`lost generate`: text -> shapes with the bundle's LoST-GPT (a thin wrapper over `LostPipeline.generate`).
 
 Writes into OUT, for sample i (prompt-major: sample p * n + j is seed draw j of prompt p):
-sample_{i}.{glb,obj,ply} (unit frame), sample_{i}.png (the four PROTOCOLS views side by side),
+sample_{i}.{glb,obj,ply} (unit frame), sample_{i}.png (the four docs/protocols.md views side by side),
 sample_{i}.safetensors (its tokens: `lost decode` them again or continue them with --prefix),
 grid.png (one row per prompt, each sample as a 2 x 2 tile of its views) and generate.json (the record).
 """

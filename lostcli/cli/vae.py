@@ -8,12 +8,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DataOpt, JsonOpt, OutOpt, RecipeOpt, ResumeOpt, SetOpt, console, require_dir, resolve_config
+from .common import (DataOpt, JsonOpt, OutOpt, RecipeOpt, ResumeOpt, SetOpt, console, require_choice, require_dir,
+                     require_finite, require_int_range, require_out_dir, require_out_file, resolve_config)
 
 app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
 VaeOpt = Annotated[str, typer.Option("--vae", help="VAE folder (lost vae train's export), weights file + --preset, TRELLIS folder, or hub id.")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="Preset of a bare checkpoint: direct3d, tiny or trellis.")]
+
+PRESETS = ("direct3d", "tiny", "trellis")  # what --preset may name (`latent.hub.PRESET_CLASS`)
+MAX_RESOLUTION = 1024  # marching cubes holds a (R + 1)^3 float32 grid: 4.3 GB at 1024
+
+
+def _check_common(resolution: int, seed: int, preset: Optional[str]) -> None:
+    """The options `reconstruct` and `eval` share; ConfigError names the first bad one."""
+    require_int_range("--resolution", resolution, 1, MAX_RESOLUTION)
+    require_int_range("--seed", seed, 0)
+    require_choice("--preset", preset, PRESETS)
 
 
 @app.command("train")
@@ -48,18 +59,27 @@ def reconstruct(
     vae: VaeOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Reconstructed mesh (.glb, .obj or .ply).")] = Path("rec.glb"),
     preset: PresetOpt = None,
-    resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid resolution.")] = 128,
+    resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid resolution (1..1024).")] = 128,
     threshold: Annotated[float, typer.Option("--threshold", help="Iso-level on the occupancy logits.")] = 0.0,
-    points: Annotated[Optional[int], typer.Option("--points", help="Surface points fed to the encoder.")] = None,
+    points: Annotated[Optional[int], typer.Option(
+        "--points", help="Surface points fed to the encoder (>= 1; default: the VAE's).")] = None,
     up: Annotated[str, typer.Option("--up", help="Up axis of the input: y or z.")] = "y",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0).")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Encode -> decode -> mesh, and print Chamfer and F-score against the input (PROTOCOLS).
+    """Encode -> decode -> mesh, and print Chamfer and F-score against the input (docs/protocols.md).
 
     The output mesh is written in the input's own frame; metrics are computed in the normalised frame.
     Example: lost vae reconstruct chair.glb --vae runs/vae/export --out rec.glb
     """
+    from ..data.mesh import EXPORTABLE, UP_AXES
+
+    _check_common(resolution, seed, preset)
+    require_finite("--threshold", threshold)
+    require_int_range("--points", points, 1)
+    require_choice("--up", up, UP_AXES)
+    require_out_file("--out", out, EXPORTABLE)
+
     from ..batch.reconstruct import reconstruct_mesh
 
     result = reconstruct_mesh(mesh, vae, out, preset=preset, resolution=resolution, threshold=threshold,
@@ -79,15 +99,23 @@ def evaluate(
     out: OutOpt,
     split: Annotated[str, typer.Option("--split", help="Dataset split to evaluate.")] = "test",
     preset: PresetOpt = None,
-    resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid resolution.")] = 128,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N shapes.")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid resolution (1..1024).")] = 128,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N (>= 2) shapes.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (>= 0).")] = 0,
 ) -> None:
     """Median reconstruction Chamfer/F-score on a split vs. the random-other-shape baseline, plus a PNG.
 
     Writes OUT/vae_eval.json, OUT/vae_eval.md and OUT/recon_grid.png (8 inputs beside their reconstructions).
     Example: lost vae eval --vae runs/vae/export --data prepared --out runs/vae/eval
     """
+    from ..data.store import SPLITS
+
+    _check_common(resolution, seed, preset)
+    require_choice("--split", split, SPLITS)
+    require_int_range("--limit", limit, 2)  # the baseline pairs every shape with another one
+    require_out_dir(out)
+    require_dir(data, "dataset")
+
     from ..eval.vae_eval import evaluate_vae
     from ..latent.hub import resolve_vae
     from .dataset import _progress
@@ -115,6 +143,7 @@ def check(
     from ..errors import CheckpointError
     from ..latent.hub import check_checkpoint
 
+    require_choice("--preset", preset, PRESETS)
     reports = check_checkpoint(ckpt, preset)
     bad = 0
     for name, report in reports.items():

@@ -3,7 +3,7 @@
 Frames. `load_mesh` returns the geometry in the file's own frame and units (every scene node transform
 applied, nothing else). `normalize_mesh(mesh, up)` then maps it into the toolkit's frame in one affine
 step: an optional Z-up -> Y-up rotation, centring the axis-aligned bounding box at the origin and a
-uniform scale so the longest side is 1.9 (PROTOCOLS.md). The step is kept as a `Normalization`, so
+uniform scale so the longest side is 1.9 (docs/protocols.md). The step is kept as a `Normalization`, so
 anything produced in the normalised frame (a reconstruction, sampled points) can be mapped back into
 the source file's frame with `Normalization.inverse`. `load_normalized` does both for the common case.
 
@@ -110,6 +110,8 @@ def load_mesh(path: str | Path, max_faces: int = 2_000_000) -> trimesh.Trimesh:
     """
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():  # dangling, or a loop of links
+            raise MeshError(f"{path}: broken symbolic link (to '{os.readlink(path)}', which cannot be opened)")
         raise MeshError(f"{path}: file not found")
     if not path.is_file():
         raise MeshError(f"{path}: not a file")

@@ -121,6 +121,9 @@ def _read_metadata(path: Path) -> list[tuple[int, dict]]:
 def discover(src: Path, val_fraction: float = 0.05, test_fraction: float = 0.05) -> list[SourceItem]:
     """Every mesh file under `src` (recursive, sorted), labelled from `src/metadata.jsonl` if present.
 
+    Every entry with a mesh extension that is not a folder counts, openable or not (a broken symlink yields an
+    item whose preparation fails and is recorded); hidden files and folders are skipped.
+
     A metadata record {"file", "id"?, "category"?, "caption"?, "split"?, ...} is attached to the file
     whose path relative to `src` (or, failing that, whose unique file name) equals "file"; missing
     labels fall back to: id = file stem, category = parent folder name ("unknown" at the top level),
@@ -135,12 +138,14 @@ def discover(src: Path, val_fraction: float = 0.05, test_fraction: float = 0.05)
         raise DataError(f"{src}: source folder does not exist")
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction > 1:
         raise ConfigError(f"val_fraction + test_fraction must lie in [0, 1], got {val_fraction} + {test_fraction}")
+    # Not `is_file()`: a broken link or an unreadable entry with a mesh extension must fail (and be recorded)
+    # in `prepare_item`, not vanish here. Folders are walked, not prepared.
     files = sorted(
         p
         for p in src.rglob("*")
         if p.suffix.lower() in SUPPORTED
         and not any(part.startswith(".") for part in p.relative_to(src).parts)
-        and p.is_file()
+        and not p.is_dir()
     )
     rel = {p.relative_to(src).as_posix(): p for p in files}
     by_name: dict[str, list[str]] = {}

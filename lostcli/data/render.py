@@ -1,4 +1,4 @@
-"""Four orthographic, Lambert-shaded views of a mesh, by ray casting (PROTOCOLS.md "Renders").
+"""Four orthographic, Lambert-shaded views of a mesh, by ray casting (docs/protocols.md "Renders").
 
 Conventions (the RIDA spatial loss and every render-based metric rely on them):
 

@@ -1,4 +1,4 @@
-"""Percentile-bootstrap intervals over the shapes of a split (ours; PROTOCOLS gives point estimates only).
+"""Percentile-bootstrap intervals over the shapes of a split (ours; docs/protocols.md gives point estimates only).
 
 Evaluation splits of the built-in dataset hold about 100 shapes, so a table's gaps can be smaller than the
 noise of which shapes were drawn. Every report that uses this resamples the shapes (queries) with replacement,

@@ -1,4 +1,4 @@
-"""Frechet distance and KID between two sets of renders (PROTOCOLS "Frechet distance").
+"""Frechet distance and KID between two sets of renders (docs/protocols.md "Frechet distance").
 
 Features of every rendered view (4 per shape) of a generated / reconstructed set and of a reference set are
 fitted with Gaussians and compared by torchmetrics' `FrechetInceptionDistance`; `KernelInceptionDistance`

@@ -1,10 +1,10 @@
-"""Text-to-shape evaluation (PROTOCOLS "Generation"): does LoST-GPT make shapes of the prompted category,
+"""Text-to-shape evaluation (docs/protocols.md "Generation"): does LoST-GPT make shapes of the prompted category,
 and how far is the generated set from the real one?
 
 For a fixed list of prompts (default 5 per category of the evaluated split, phrased as the built-in
 dataset's captions by `data.prompts.synth_prompt_items`; a category the built-in generator does not know
 is prompted with its shapes' own captions) and seeds (default 4 draws per prompt), one row per guidance
-scale: generate, decode, extract the mesh, render the 4 PROTOCOLS views and
+scale: generate, decode, extract the mesh, render the 4 docs/protocols.md views and
 
 - class accuracy: the render classifier (`eval/classifier.py`, trained on the TRAIN split's renders) names
   the prompt's category from the view-averaged logits; a sample with no surface counts as wrong. Reported
@@ -305,7 +305,7 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
                       "render_size": real_size},
         "kid_subset_size": d.kid_subset_size,
         "command": command,
-        "protocol": "PROTOCOLS.md Generation: class accuracy of the 4-view render classifier (a sample with no "
+        "protocol": "docs/protocols.md Generation: class accuracy of the 4-view render classifier (a sample with no "
                     "surface counts as wrong); FD/KID of generated vs real renders, 4 views per shape; "
                     "text-render similarity of the conditioning CLIP model (clip_score = 100 x max(cos, 0))",
         "model_id": pipe.model_id,

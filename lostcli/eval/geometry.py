@@ -1,4 +1,4 @@
-"""Chamfer distance and F-score between surfaces, exactly as PROTOCOLS.md defines them.
+"""Chamfer distance and F-score between surfaces, exactly as docs/protocols.md defines them.
 
 CD = (accuracy + completeness) / 2 with Euclidean (not squared) nearest-neighbour distances between
 100,000 area-weighted surface samples of each mesh, in the ground truth's normalised frame. Reports print
@@ -13,7 +13,7 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
-N_POINTS = 100_000  # samples per surface (PROTOCOLS)
+N_POINTS = 100_000  # samples per surface (docs/protocols.md)
 TREE_OPTIONS = dict(leafsize=64, balanced_tree=False)  # exact either way; ~30% faster for far-off queries
 # (poor reconstructions) than the defaults on 100k surface samples, measured on the built-in dataset
 TAUS = (0.01, 0.02)  # F-score thresholds in the normalised frame

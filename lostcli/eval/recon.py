@@ -1,4 +1,4 @@
-"""The reconstruction table (PROTOCOLS.md, paper Table 2): quality of decoded token prefixes against k.
+"""The reconstruction table (docs/protocols.md, paper Table 2): quality of decoded token prefixes against k.
 
 For every shape of a split: tokenize its stored unit-frame surface samples (all R tokens), decode the first
 k tokens for each requested k (batched over shapes, one seeded noise per batch shared by every k), extract
@@ -296,7 +296,7 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
         "fd_warning": small_sample_warning(ctx.reference.features.metric_name, len(records), len(records))
         if ctx.reference is not None else None,
         "command": command,
-        "protocol": "PROTOCOLS.md reconstruction table; chamfer is RAW (multiply by 100 for the paper's x10^-2 "
+        "protocol": "docs/protocols.md reconstruction table; chamfer is RAW (multiply by 100 for the paper's x10^-2 "
                     "figure); medians over shapes (chamfer over non-failed reconstructions)",
         "split": cfg.split, "n": len(records), "model_id": pipe.model_id, "num_tokens": pipe.num_tokens,
         "dropped_ks": dropped,  # asked for, but longer than the model's R
@@ -321,7 +321,7 @@ def _context(pipe, store: DatasetStore, records: list[dict], cfg: ReconConfig, c
     """The render size, class labels, FD reference and the decoded mean latent (the floor), once per table."""
     classes = classifier.model.categories if classifier is not None else []
     labels = label_indices([r.get("category") for r in records], classes) if classifier is not None else None
-    # same cameras, shading and size as the stored ground-truth renders (PROTOCOLS "Renders")
+    # same cameras, shading and size as the stored ground-truth renders (docs/protocols.md "Renders")
     size = cfg.render_size or int(store.load(records[0]["id"], keys=["renders"])["renders"].shape[1])
     features = distance_network(cfg.fd_network, classifier, teacher)
     reference = RenderDistance(features, seed=cfg.seed) if features is not None else None

@@ -1,4 +1,4 @@
-"""Shape retrieval against the teacher's neighbours (PROTOCOLS.md "Retrieval", paper supp. Table 1).
+"""Shape retrieval against the teacher's neighbours (docs/protocols.md "Retrieval", paper supp. Table 1).
 
 Ground-truth neighbours of shape i: its top-K by teacher cosine similarity of the global embedding averaged
 over views (the `features` table's `global`), excluding i. Candidates: the top-K of a method's own
@@ -9,7 +9,7 @@ Kaggle definition). Every figure is a mean over query shapes, a fraction in [0, 
 Methods: "raw" (cosine on the flattened normalised latents), and any trained student (RIDA, the direct
 regression baseline, ablations) through its L2-normalised global embedding `RidaStudent.embed`.
 
-Uncertainty (ours, not in PROTOCOLS): a split holds only ~100 query shapes, so every row also carries a 95%
+Uncertainty (ours, not in the paper's protocol): a split holds only ~100 query shapes, so every row also carries a 95%
 percentile-bootstrap interval of its mean Recall@K and mAP@K over the queries (`recall_ci`, `map_ci`), and each
 student its mAP@K ratio to the raw latents with a paired interval (`map_vs_raw`, `map_vs_raw_ci`: the same
 resampled queries for both methods). The ground-truth sets stay fixed; only which queries are averaged is
@@ -172,7 +172,7 @@ def write_report(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "retrieval.json", out_dir / "retrieval.md"
     json_path.write_text(json.dumps({"rows": rows, **meta}, indent=2) + "\n")
-    lines = ["# Shape retrieval (PROTOCOLS.md \"Retrieval\")", "",
+    lines = ["# Shape retrieval (docs/protocols.md \"Retrieval\")", "",
              f"Ground truth: top-K neighbours by teacher cosine ({meta.get('teacher', 'teacher')}, global "
              "embedding averaged over 4 views), self excluded. Candidates: top-K of each method's embedding. "
              f"Intervals: 95% percentile bootstrap over the query shapes ({BOOTSTRAP_DRAWS} resamples, seed "

@@ -1,7 +1,7 @@
 """How well a shape VAE reconstructs held-out shapes, against the "any other shape" baseline.
 
 For each shape of a split: encode its stored surface samples (posterior mean), extract the decoded surface,
-and measure Chamfer / F-score against the stored ground-truth mesh (PROTOCOLS: 100k points per surface,
+and measure Chamfer / F-score against the stored ground-truth mesh (docs/protocols.md: 100k points per surface,
 GT frame). The baseline pairs every shape with a random *other* shape of the same split (a seeded
 derangement): a VAE that learned nothing shape-specific cannot beat it.
 """

@@ -37,15 +37,29 @@ from .checkpoint import load_strict, read_state_dict
 
 
 class ChannelLayerNorm32(nn.LayerNorm):
-    """LayerNorm over the channel dim of [B, C, *spatial], computed in fp32 and cast back."""
+    """LayerNorm over the channel dim of [B, C, *spatial], computed in fp32 and cast back; contiguous result.
+
+    Contiguous as in TRELLIS, so the next Conv3d sees the same strides and gives the same values bit for bit
+    (on channels-last strides oneDNN picks other kernels, ~1e-5 away). `keep_strides = True` skips the copy:
+    at the tiny preset's widths the CPU then runs forward + backward ~1.7x faster, so the training task
+    (`train.vae.SparseVaeTask`) turns it on; a loaded or freshly built model has it off.
+    """
+
+    keep_strides: bool = False  # return the channels-last view as is (training speed) instead of a copy
 
     def forward(self, x: Tensor) -> Tensor:
         dims = x.dim()
         h = x.permute(0, *range(2, dims), 1)  # channels last: [B, *spatial, C]
         h = super().forward(h.float()).type(x.dtype)
-        # No .contiguous(): the channels-last strides carry into the next Conv3d, which oneDNN runs
-        # 2-3x faster (forward + backward) at the small widths of the tiny preset; values are identical.
-        return h.permute(0, dims - 1, *range(1, dims - 1))
+        h = h.permute(0, dims - 1, *range(1, dims - 1))
+        return h if self.keep_strides else h.contiguous()
+
+
+def keep_norm_strides(module: nn.Module, keep: bool = True) -> None:
+    """Set `keep_strides` on every ChannelLayerNorm32 in `module` (see there: speed against exact parity)."""
+    for m in module.modules():
+        if isinstance(m, ChannelLayerNorm32):
+            m.keep_strides = keep
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -78,7 +92,11 @@ def pixel_shuffle_3d(x: Tensor, scale_factor: int) -> Tensor:
 
 
 class ResBlock3d(nn.Module):
-    """norm -> SiLU -> conv3 -> norm -> SiLU -> zero-init conv3, plus the input (identity at init)."""
+    """norm -> SiLU -> conv3 -> norm -> SiLU -> zero-init conv3, plus the input (identity at init).
+
+    The encoder and decoder build every block with the default "layer" norm, as TRELLIS does: their
+    `norm_type` picks the output layer's norm only.
+    """
 
     def __init__(self, channels: int, out_channels: int | None = None, norm_type: str = "layer"):
         super().__init__()
@@ -154,11 +172,11 @@ class SparseStructureEncoder(nn.Module):
         self.input_layer = nn.Conv3d(in_channels, channels[0], 3, padding=1)
         self.blocks = nn.ModuleList()
         for i, ch in enumerate(channels):
-            self.blocks.extend(ResBlock3d(ch, ch, norm_type) for _ in range(num_res_blocks))
+            self.blocks.extend(ResBlock3d(ch, ch) for _ in range(num_res_blocks))
             if i < len(channels) - 1:
                 self.blocks.append(DownsampleBlock3d(ch, channels[i + 1]))
         self.middle_block = nn.Sequential(
-            *[ResBlock3d(channels[-1], channels[-1], norm_type) for _ in range(num_res_blocks_middle)]
+            *[ResBlock3d(channels[-1], channels[-1]) for _ in range(num_res_blocks_middle)]
         )
         self.out_layer = nn.Sequential(
             norm_layer(norm_type, channels[-1]),
@@ -219,11 +237,11 @@ class SparseStructureDecoder(nn.Module):
         # Registration order gives TRELLIS's key order: input_layer, middle_block, blocks, out_layer.
         self.input_layer = nn.Conv3d(latent_channels, channels[0], 3, padding=1)
         self.middle_block = nn.Sequential(
-            *[ResBlock3d(channels[0], channels[0], norm_type) for _ in range(num_res_blocks_middle)]
+            *[ResBlock3d(channels[0], channels[0]) for _ in range(num_res_blocks_middle)]
         )
         self.blocks = nn.ModuleList()
         for i, ch in enumerate(channels):
-            self.blocks.extend(ResBlock3d(ch, ch, norm_type) for _ in range(num_res_blocks))
+            self.blocks.extend(ResBlock3d(ch, ch) for _ in range(num_res_blocks))
             if i < len(channels) - 1:
                 self.blocks.append(UpsampleBlock3d(ch, channels[i + 1]))
         self.out_layer = nn.Sequential(
@@ -359,7 +377,7 @@ class SSVAEConfig:
     num_res_blocks_middle: int = 2  # ResBlock3d at the coarsest level (encoder end, decoder start)
     enc_channels: list[int] = field(default_factory=lambda: [32, 128, 512])  # encoder widths, fine -> coarse
     dec_channels: list[int] = field(default_factory=lambda: [512, 128, 32])  # decoder widths, coarse -> fine
-    norm_type: str = "layer"  # "layer" (ChannelLayerNorm32, TRELLIS default) or "group" (GroupNorm32(32))
+    norm_type: str = "layer"  # out_layer norm: "layer" (ChannelLayerNorm32, default) or "group" (GroupNorm32(32))
     use_fp16: bool = False  # fp16 torso convs as released; fp32 by default (fp16 Conv3d is very slow on CPU)
     resolution: int = 64  # voxel grid side R; latent side S = R / 2^(len(enc_channels) - 1)
     zup: bool = True  # voxelise in TRELLIS's +Z-up frame (x, -z, y); False keeps our +Y-up axes

