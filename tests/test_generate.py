@@ -251,3 +251,15 @@ def test_cli_bad_arguments_one_line(bundle, tmp_path, capsys, case):
                 "empty_file": f"{tmp_path / 'p.txt'}: no prompts", "keep_without_prefix": "--keep: needs --prefix",
                 "bad_format": "--format stl"}[case]
     assert expected in line, line
+
+
+def test_generate_and_eval_gen_read_a_prompt_file_alike(tmp_path):
+    """One reader for prompt files: `lost generate --prompts` drops the CATEGORY<TAB> column that
+    `lost eval gen --prompts` grades with, instead of generating from "chair\ta wooden chair"."""
+    from lostcli.cli.generate import read_prompts
+    from lostcli.data.prompts import read_prompt_file
+
+    path = tmp_path / "prompts.txt"
+    path.write_text("# graded\nchair\ta wooden chair\n\na plain lamp\n", encoding="utf-8")
+    assert read_prompt_file(path) == [("chair", "a wooden chair"), (None, "a plain lamp")]
+    assert read_prompts(None, path) == ["a wooden chair", "a plain lamp"]

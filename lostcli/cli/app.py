@@ -21,9 +21,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_state = {"debug": False}
-
-
 def _version(value: bool) -> None:
     if value:
         print(f"lost {__version__}")
@@ -37,7 +34,7 @@ def _root(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    """Global options; `--debug` is read by the entry point before the app runs."""
 
 
 app.command("info", help="Versions, device, threads and the pretrained weights this machine can see.")(info_cmd.info)

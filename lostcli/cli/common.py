@@ -53,17 +53,6 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise LostError(f"{path}: {what} file not found")
-    return path
-
-
-def offline_default() -> None:
-    """No hub is reachable from many research machines: default to offline unless the user opts in."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
 # ----------------------------------------------------------------------------------------------------
 # Option checks: each raises ConfigError with one line that starts with the option and its value
 # ----------------------------------------------------------------------------------------------------
@@ -117,3 +106,45 @@ def require_out_dir(path: Path, option: str = "--out") -> None:
     blocker = _blocking_file(path)
     if blocker is not None:
         raise ConfigError(f"{option} {path}: cannot be created ({blocker} is a file, not a folder)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Progress and processes, shared by the commands that run over a dataset store
+# ----------------------------------------------------------------------------------------------------
+
+
+def process_info():
+    """(rank, world_size, barrier) from Accelerate when launched with several processes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes, state.wait_for_everyone
+    return 0, 1, lambda: None
+
+
+class ProgressBar:
+    """A rich progress bar that hands the library a `progress(done, total, label)` callback."""
+
+    def __init__(self, what: str, total: int | None, enabled: bool = True):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.enabled = enabled
+        self.bar = Progress(TextColumn(f"[bold]{what}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                            transient=False, disable=not enabled)
+        self.task = self.bar.add_task("", total=total)
+
+    def __enter__(self):
+        self.bar.start()
+
+        def tick(done: int, total: int | None = None, label: str = "") -> None:
+            self.bar.update(self.task, completed=done, total=total, description=str(label)[:40])
+
+        return tick
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False

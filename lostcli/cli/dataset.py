@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from ..config import load_config
-from .common import JsonOpt, OutOpt, RecipeOpt, SeedOpt, SetOpt, console, err_console, require_dir
+from .common import (JsonOpt, OutOpt, ProgressBar, RecipeOpt, SeedOpt, SetOpt, console, err_console, process_info,
+                     require_dir)
 
 app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -37,7 +38,7 @@ def synth(
 
         raise LostError(f"--n must be positive, got {n}")
     t0 = time.time()
-    with _progress("synth", n) as tick:
+    with ProgressBar("synth", n) as tick:
         records = synth_dataset(out, n=n, seed=seed, workers=workers, progress=tick, deform=deform)
     cats = sorted({r["category"] for r in records})
     console.print(f"wrote {len(records)} shapes in {len(cats)} categories to {out} ({time.time() - t0:.1f} s)")
@@ -66,9 +67,9 @@ def prepare(
     if up not in ("y", "z"):
         raise LostError(f"--up must be 'y' or 'z', got {up!r}")
     cfg = load_config(PrepareConfig, recipe, list(sets or []), base={"up": up})
-    rank, world, wait = _dist()
+    rank, world, wait = process_info()
     t0 = time.time()
-    with _progress("prepare", None, enabled=rank == 0) as tick:
+    with ProgressBar("prepare", None, enabled=rank == 0) as tick:
         result = prepare_dataset(src, out, cfg, rank=rank, world_size=world, workers=workers, progress=tick)
     wait()
     if rank == 0:
@@ -195,40 +196,3 @@ def prompts(
 # ----------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------
-
-
-def _dist():
-    """(rank, world_size, barrier) from Accelerate when launched with several processes."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        state = PartialState()
-        return state.process_index, state.num_processes, state.wait_for_everyone
-    return 0, 1, lambda: None
-
-
-class _progress:
-    """A rich progress bar that hands the library a `progress(done, total, label)` callback."""
-
-    def __init__(self, what: str, total: int | None, enabled: bool = True):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.enabled = enabled
-        self.bar = Progress(TextColumn(f"[bold]{what}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
-                            transient=False, disable=not enabled)
-        self.task = self.bar.add_task("", total=total)
-
-    def __enter__(self):
-        self.bar.start()
-
-        def tick(done: int, total: int | None = None, label: str = "") -> None:
-            self.bar.update(self.task, completed=done, total=total, description=str(label)[:40])
-
-        return tick
-
-    def __exit__(self, *exc):
-        self.bar.stop()
-        return False

@@ -27,14 +27,14 @@ def latents(
 
     from ..batch.latents import encode_dataset, latent_stats
     from ..latent.hub import resolve_vae
-    from .dataset import _dist, _progress
+    from .common import ProgressBar, process_info
 
     require_dir(data, "dataset")
-    rank, world, wait = _dist()
+    rank, world, wait = process_info()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     model = resolve_vae(vae, preset=preset, device=device)
     t0 = time.time()
-    with _progress("latents", None, enabled=rank == 0) as tick:
+    with ProgressBar("latents", None, enabled=rank == 0) as tick:
         result = encode_dataset(data, model, points=points, batch_size=batch_size, rank=rank, world_size=world,
                                 device=device, vae_name=str(vae), progress=tick)
     wait()

@@ -78,7 +78,7 @@ def recon(
     from ..eval.classifier import load_classifier
     from ..eval.recon import ReconConfig, evaluate_recon, parse_tokens
     from ..pipeline import LostPipeline
-    from .dataset import _progress
+    from .common import ProgressBar
 
     require_dir(data, "dataset")
     require_dir(model, "model bundle")
@@ -97,7 +97,7 @@ def recon(
     cfg = ReconConfig(split=split, ks=parse_tokens(tokens), steps=steps, guidance=guidance, resolution=resolution,
                       limit=limit, n_points=points, batch_size=batch_size, seed=seed, fd_network=fd_network)
     command = " ".join(["lost", *sys.argv[1:]])
-    with _progress("recon", None) as tick:
+    with ProgressBar("recon", None) as tick:
         result = evaluate_recon(pipe, data, cfg, classifier=cls, teacher=feat, out_dir=out, command=command,
                                 progress=tick, compare=other)
     rep = result.report
@@ -198,9 +198,10 @@ def gen(
     Example: lost eval gen --model bundle --prompts prompts.txt --ref prepared --out reports/gen_mine
     """
     from ..eval.classifier import load_classifier
-    from ..eval.gen import GenEvalConfig, evaluate_gen, parse_cfgs, read_prompt_file
+    from ..data.prompts import read_prompt_file
+    from ..eval.gen import GenEvalConfig, evaluate_gen, parse_cfgs
     from ..pipeline import LostPipeline
-    from .dataset import _progress
+    from .common import ProgressBar
 
     settings = GenEvalConfig(split=split, cfgs=parse_cfgs(cfg), prompts_per_category=prompts, seeds=seeds,
                              temperature=temperature, num_tokens=tokens, resolution=resolution,
@@ -210,7 +211,7 @@ def gen(
     require_dir(model, "model bundle")
     pipe = LostPipeline.from_pretrained(model)
     cls = load_classifier(classifier_dir) if classifier_dir is not None else None
-    with _progress("gen", None) as tick:
+    with ProgressBar("gen", None) as tick:
         result = evaluate_gen(pipe, data, settings, classifier=cls, out_dir=out,
                               command=" ".join(["lost", *sys.argv[1:]]), progress=tick)
     rep = result.report

@@ -22,21 +22,17 @@ FORMATS = ("glb", "obj", "ply")
 
 
 def read_prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[str]:
-    """The prompt argument, or the lines of --prompts FILE (blank lines and '#' comments skipped)."""
+    """The prompt argument, or the prompts of --prompts FILE (`data.prompts.read_prompt_file`: one per line,
+    optionally CATEGORY<TAB>prompt; blank lines and '#' comments skipped)."""
     if (prompt is None) == (prompts_file is None):
         raise ConfigError("give a PROMPT or --prompts FILE (exactly one of them)")
     if prompts_file is None:
         if not prompt.strip():
             raise ConfigError("prompt: empty; describe the shape, e.g. \"a round table with a single pedestal leg\"")
         return [prompt.strip()]
-    try:
-        lines = prompts_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{prompts_file}: cannot read prompts ({type(e).__name__})") from None
-    out = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not out:
-        raise DataError(f"{prompts_file}: no prompts (one per line)")
-    return out
+    from ..data.prompts import read_prompt_file
+
+    return [prompt for _, prompt in read_prompt_file(prompts_file)]  # a "CATEGORY<TAB>" column is dropped
 
 
 def write_samples(result, out: Path, fmt: str, model_id: str, n: int, record: dict) -> list[dict]:

@@ -69,12 +69,12 @@ def evaluate(
     from ..batch.features import teacher_retrieval
     from ..data.store import atomic_write_json
     from ..models.teacher import load_teacher
-    from .dataset import _progress
+    from .common import ProgressBar
 
     require_dir(data, "dataset")
     model = load_teacher(teacher)
     t0 = time.time()
-    with _progress("eval", None) as tick:
+    with ProgressBar("eval", None) as tick:
         result = teacher_retrieval(data, model, split=split, batch_size=batch_size, progress=tick)
     result["seconds"] = round(time.time() - t0, 2)
     folder = out if out is not None else (Path(teacher) if Path(teacher).is_dir() else None)
@@ -112,7 +112,7 @@ def features(
     from ..batch.features import FeaturesConfig, extract_features, finalize_features
     from ..errors import ConfigError
     from ..models.teacher import load_teacher
-    from .dataset import _dist, _progress
+    from .common import ProgressBar, process_info
 
     cli = {k: v for k, v in (("teacher", teacher), ("grid", grid), ("image_size", image_size),
                              ("batch_size", batch_size)) if v is not None}
@@ -120,11 +120,11 @@ def features(
     if not cfg.teacher:
         raise ConfigError("teacher: give --teacher SPEC (or a recipe with teacher: ...)")
     require_dir(data, "dataset")
-    rank, world, wait = _dist()
+    rank, world, wait = process_info()
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     model = load_teacher(cfg.teacher, image_size=cfg.image_size, device=device)
     t0 = time.time()
-    with _progress("features", None, enabled=rank == 0) as tick:
+    with ProgressBar("features", None, enabled=rank == 0) as tick:
         result = extract_features(data, model, grid=cfg.grid, batch_size=cfg.batch_size, rank=rank,
                                   world_size=world, progress=tick)
     wait()

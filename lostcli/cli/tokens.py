@@ -127,10 +127,10 @@ def dataset_tokens(
     """
     from ..batch.tokens import tokenize_dataset
     from ..pipeline import LostPipeline
-    from .dataset import _dist, _progress
+    from .common import ProgressBar, process_info
 
     require_dir(data, "dataset")
-    rank, world, wait = _dist()
+    rank, world, wait = process_info()
     device = None
     if world > 1:
         import torch
@@ -138,7 +138,7 @@ def dataset_tokens(
         device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     pipe = LostPipeline.from_pretrained(model, device=device)
     t0 = time.time()
-    with _progress("tokens", None, enabled=rank == 0) as tick:
+    with ProgressBar("tokens", None, enabled=rank == 0) as tick:
         result = tokenize_dataset(data, pipe, points=points, batch_size=batch_size, rank=rank, world_size=world,
                                   bundle=str(model), progress=tick)
     wait()

@@ -118,10 +118,10 @@ def evaluate(
 
     from ..eval.vae_eval import evaluate_vae
     from ..latent.hub import resolve_vae
-    from .dataset import _progress
+    from .common import ProgressBar
 
     model = resolve_vae(vae, preset=preset)
-    with _progress("eval", None) as tick:
+    with ProgressBar("eval", None) as tick:
         result = evaluate_vae(model, data, split=split, resolution=resolution, limit=limit, seed=seed,
                               out_dir=out, progress=tick)
     s = result.summary

@@ -10,6 +10,7 @@ for evaluating text-to-shape on the built-in categories.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -202,3 +203,28 @@ def synth_prompt_items(n: int, seed: int) -> list[tuple[str, str]]:
 def synth_prompts(n: int, seed: int) -> list[str]:
     """n prompts over the built-in categories (round-robin), e.g. "a bar stool with three legs"."""
     return [prompt for _, prompt in synth_prompt_items(n, seed)]
+
+
+def read_prompt_file(path: str | Path) -> list[tuple[str | None, str]]:
+    """A prompt file: one prompt per line, or "CATEGORY<TAB>prompt" to grade class accuracy; blank lines and
+    lines starting with # are skipped.
+
+    Raises:
+        DataError: unreadable, or no prompt in it (one line naming the file).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the prompt file ({type(e).__name__})") from None
+    items: list[tuple[str | None, str]] = []
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        cat, _, prompt = line.partition("\t") if "\t" in line else ("", "", line)
+        if not prompt.strip():
+            raise DataError(f"{path}: empty prompt after the category in line {line!r}")
+        items.append((cat.strip() or None, prompt.strip()))
+    if not items:
+        raise DataError(f"{path}: no prompts (one per line, optionally CATEGORY<TAB>prompt)")
+    return items

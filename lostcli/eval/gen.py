@@ -123,31 +123,6 @@ def category_prompts(records: list[dict], per_category: int, seed: int = 0) -> l
     return [(cat, p) for cat in cats for p in made[cat][:per_category]]
 
 
-def read_prompt_file(path: str | Path) -> list[tuple[str | None, str]]:
-    """A prompt file: one prompt per line, or "CATEGORY<TAB>prompt" to grade class accuracy; blank lines and
-    lines starting with # are skipped.
-
-    Raises:
-        DataError: unreadable, or no prompt in it (one line naming the file).
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the prompt file ({type(e).__name__})") from None
-    items: list[tuple[str | None, str]] = []
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        cat, _, prompt = line.partition("\t") if "\t" in line else ("", "", line)
-        if not prompt.strip():
-            raise DataError(f"{path}: empty prompt after the category in line {line!r}")
-        items.append((cat.strip() or None, prompt.strip()))
-    if not items:
-        raise DataError(f"{path}: no prompts (one per line, optionally CATEGORY<TAB>prompt)")
-    return items
-
-
 def views_tile(views: np.ndarray, size: int = 112) -> np.ndarray:
     """uint8 views [4, S, S, 3] -> one [2 * size, 2 * size, 3] tile: front, right / back, left."""
     from PIL import Image
