@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub lookups (and no 47 s wait
 
 import trimesh  # noqa: E402
 
-from lostcli.pipeline import LostPipeline, load_tokens, save_tokens, to_source_frame  # noqa: E402
+from lostcli.pipeline import GenerateConfig, LostPipeline, load_tokens, save_tokens, to_source_frame  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
 
     # 3. generate from text (only when the bundle holds gpt/ and text_encoder/)
     if (Path(args.model) / "gpt").is_dir():
-        result = pipe.generate(args.prompt, n=2, seed=0, resolution=args.resolution)
+        result = pipe.generate(args.prompt, n=2, seed=0, config=GenerateConfig(resolution=args.resolution))
         for i, m in enumerate(result.meshes):
             if m is not None:
                 m.export(out / f"generated_{i}.glb")

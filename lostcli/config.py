@@ -213,15 +213,6 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
-
-
 def check_preset(preset: str, presets: dict[str, Any], config_type: type, overrides: dict[str, Any]) -> None:
     """A model builder's inputs: ConfigError naming `model.preset` or `model.overrides.KEY` when the preset is
     not in `presets` or an override is not a field of `config_type`."""

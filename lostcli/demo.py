@@ -35,6 +35,7 @@ from .errors import ConfigError, LostError
 
 RECIPE_FILES = ("vae", "teacher", "rida", "classifier", "tokenizer", "gpt")  # recipes/tiny/<name>.yaml
 RECORD_FILE = "demo.json"
+FULL_N, QUICK_N = 1008, 72  # shapes in the built-in dataset: the default, and with --quick
 REPORTS = ("recon", "retrieval", "gen")  # DIR/report/<name>/<name>.{json,md}
 RECON_SHAPES = 72  # test shapes in the reconstruction tables (of ~101)
 SAMPLE_PROMPTS = (  # the built-in captions' phrasing, three categories that look nothing alike
@@ -54,10 +55,24 @@ class DemoOptions:
 
     out: Path  # run directory
     recipes: Path  # folder holding the tiny recipes (vae.yaml, teacher.yaml, ...)
-    n: int = 1008  # shapes in the built-in dataset
+    n: int = FULL_N  # shapes in the built-in dataset
     quick: bool = False  # smoke test: 2 training steps per stage, tiny evaluations
     semantic_weight: float | None = None  # tokenizer semantic loss weight; None: the recipe's (the loss is on)
     seed: int = 0  # seed of the built-in dataset
+
+    def __post_init__(self) -> None:
+        if self.n <= 0:
+            raise ConfigError(f"--n: must be positive, got {self.n}")
+        if self.semantic_weight is not None and not self.semantic_weight >= 0:
+            raise ConfigError(f"--semantic-weight: must be >= 0, got {self.semantic_weight}")
+
+    @classmethod
+    def make(cls, out: Path, n: int | None = None, quick: bool = False, semantic_weight: float | None = None,
+             recipes: Path | None = None) -> DemoOptions:
+        """The options of `lost demo`: `n` defaults to QUICK_N shapes with `quick`, else FULL_N; `recipes` to
+        `find_recipes()`."""
+        n = n if n is not None else (QUICK_N if quick else FULL_N)
+        return cls(out=out, recipes=recipes or find_recipes(), n=n, quick=quick, semantic_weight=semantic_weight)
 
     def settings(self) -> dict:
         """The options that change the products (stored in demo.json, checked on resume)."""
@@ -120,7 +135,6 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
     d, r = Path(opts.out), Path(opts.recipes)
     data = d / "prepared"
     bundle, plain = d / "bundle", d / "bundle_nosem"
-    rep = d / "report"
     # --quick: two optimiser steps of small batches (72 shapes hold ~57 training shapes) per training stage
     short = ["--set", "train.steps=2", "--set", "train.batch_size=8"] if opts.quick else []
 
@@ -140,11 +154,6 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
     weight = [] if opts.semantic_weight is None else ["--set", f"tokenizer.semantic_weight={opts.semantic_weight:g}"]
     sem = ["--rida", str(d / "rida" / "export"), *weight]  # the recipe's semantic loss (on by default)
     nosem = ["--set", "tokenizer.semantic_weight=0", "--set", "tokenizer.repa_weight=0"]  # the ablation
-    recon_size = (["--limit", "4", "--resolution", "32", "--steps", "5", "--points", "10000"] if opts.quick
-                  else ["--limit", str(RECON_SHAPES)])
-    gen_size = ["--prompts-per-category", "1", "--seeds", "1", "--resolution", "32"] if opts.quick \
-        else ["--prompts-per-category", "3", "--seeds", "4"]
-    prompts = d / "samples" / "prompts.txt"
     return [
         Stage("synth", "built-in dataset", ["dataset", "synth", "--out", str(d / "synth"), "--n", str(opts.n),
                                             "--seed", str(opts.seed), "--workers", "2"], [d / "synth" / "metadata.jsonl"]),
@@ -176,6 +185,20 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
               "--text-encoder", str(d / "teacher" / "export"), needs=("tokens", "teacher")),
         Stage("gpt_export", "add the GPT to the bundle", ["gpt", "export", str(d / "gpt"), "--into", str(bundle)],
               [bundle / "gpt" / "model.safetensors"], needs=("gpt",)),
+        *_report_stages(opts),
+    ]
+
+
+def _report_stages(opts: DemoOptions) -> list[Stage]:
+    """The plan's last stages: the reconstruction, retrieval and generation reports and the text samples."""
+    d = Path(opts.out)
+    data, bundle, plain, rep = d / "prepared", d / "bundle", d / "bundle_nosem", d / "report"
+    recon_size = (["--limit", "4", "--resolution", "32", "--steps", "5", "--points", "10000"] if opts.quick
+                  else ["--limit", str(RECON_SHAPES)])
+    gen_size = ["--prompts-per-category", "1", "--seeds", "1", "--resolution", "32"] if opts.quick \
+        else ["--prompts-per-category", "3", "--seeds", "4"]
+    prompts = d / "samples" / "prompts.txt"
+    return [
         Stage("recon", "reconstruction tables", ["eval", "recon", "--model", str(bundle), "--data", str(data),
                                                  "--compare", f"no_semantic={plain}", "--classifier", str(d / "cls"),
                                                  "--teacher", str(d / "teacher" / "export"), "--guidance", "1.0",
@@ -238,9 +261,17 @@ def read_record(out: Path) -> dict:
 
 
 def _write_record(out: Path, record: dict) -> None:
-    from .data.store import atomic_write_json
+    from .persist import atomic_write_json
 
     atomic_write_json(Path(out) / RECORD_FILE, record)
+
+
+def check_start(opts: DemoOptions, jobs: int) -> None:
+    """What `run_demo` refuses before it starts anything: `jobs` < 1, or a DIR holding a demo made with other
+    settings (callers with a display check first, so a refusal is one clean line)."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    check_settings(opts, read_record(opts.out))
 
 
 def check_settings(opts: DemoOptions, record: dict) -> None:
@@ -291,7 +322,6 @@ def run_stage(stage: Stage, log: Path, threads: int | None = None) -> int:
 
 
 ProgressFn = Callable[[str, int, int, Stage, float], None]  # (event, index, total, stage, seconds)
-Runner = Callable[[Stage, Path, "int | None"], int]  # (stage, log, threads) -> exit code
 
 
 def cpu_threads() -> int:
@@ -308,15 +338,13 @@ def thread_share(cores: int, running: int, ready: int, jobs: int) -> int:
     return max(1, cores // max(1, min(jobs, running + 1 + ready)))
 
 
-def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, runner: Runner | None = None,
-             jobs: int = 1) -> DemoResult:
+def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, jobs: int = 1) -> DemoResult:
     """Run every unfinished stage once the stages it needs are finished, up to `jobs` at a time, then write
     the report. With one job the stages run in plan order.
 
     Args:
         opts: the run directory and settings.
         progress: called with ("skip" | "start" | "done", i, total, stage, seconds) for every stage.
-        runner: runs one stage and returns its exit code (default `run_stage`; tests substitute it).
         jobs: stages run at the same time; the CPU threads (`cpu_threads`) are split among them.
 
     Raises:
@@ -324,26 +352,15 @@ def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, runner: Runn
         StageError: a stage exited non-zero, or exited 0 without its products ("LOG: stage NAME ...");
             stages already running are let finish (and recorded) first.
     """
-    if jobs < 1:
-        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
+    check_start(opts, jobs)
     t0 = time.time()
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = read_record(out)
-    check_settings(opts, record)
-    record["settings"] = opts.settings()
-    _write_record(out, record)
+    record = _open_record(opts)
     stages = build_plan(opts)
     index = {s.name: i for i, s in enumerate(stages)}
-    finished, skipped = set(), []
-    for i, stage in enumerate(stages):
-        if stage_done(stage):
-            finished.add(stage.name)
-            skipped.append(stage.name)
-            if progress:
-                progress("skip", i, len(stages), stage, 0.0)
+    skipped = _skip_finished(stages, progress)
+    finished = set(skipped)
     pending = [s for s in stages if s.name not in finished]
-    run = runner or run_stage
     cores = cpu_threads()
     ran: list[str] = []
     failure: StageError | None = None
@@ -355,7 +372,7 @@ def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, runner: Runn
                 stage = ready.pop(0)
                 pending.remove(stage)
                 threads = thread_share(cores, len(running), len(ready), jobs)
-                running[pool.submit(_start, stage, out, run, threads)] = (
+                running[pool.submit(_start, stage, out, threads)] = (
                     stage, time.time(), "lost " + " ".join(stage.command_line()), threads)
                 if progress:
                     progress("start", index[stage.name], len(stages), stage, 0.0)
@@ -392,12 +409,34 @@ def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, runner: Runn
                       samples=out / "samples", total_seconds=wall)
 
 
-def _start(stage: Stage, out: Path, run: Runner, threads: int) -> int:
+def _open_record(opts: DemoOptions) -> dict:
+    """Create DIR, read its demo.json, check that it was made with these settings and store them."""
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = read_record(out)
+    check_settings(opts, record)
+    record["settings"] = opts.settings()
+    _write_record(out, record)
+    return record
+
+
+def _skip_finished(stages: list[Stage], progress: ProgressFn | None) -> list[str]:
+    """The names of the stages already finished, in plan order (each reported as a "skip")."""
+    skipped = []
+    for i, stage in enumerate(stages):
+        if stage_done(stage):
+            skipped.append(stage.name)
+            if progress:
+                progress("skip", i, len(stages), stage, 0.0)
+    return skipped
+
+
+def _start(stage: Stage, out: Path, threads: int) -> int:
     """Write the stage's small input files, then run it (in a worker thread); its exit code."""
     for path, text in stage.files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return run(stage, out / "logs" / f"{stage.name}.log", threads)
+    return run_stage(stage, out / "logs" / f"{stage.name}.log", threads)
 
 
 def _check_finished(stage: Stage, code: int, log: Path) -> StageError | None:

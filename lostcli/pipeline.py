@@ -1,15 +1,6 @@
-"""The model bundle and `LostPipeline`: mesh -> ordered tokens -> any prefix -> latent -> mesh.
+"""`LostPipeline`: mesh -> ordered tokens -> any prefix -> latent -> mesh, loaded from a model bundle.
 
-A bundle is one folder holding every model `lost` needs at inference, each an HF-style component
-folder (`config.json` + `model.safetensors`):
-
-    BUNDLE/bundle.json    {"format": 1, "model_id": <sha256 of tokenizer/model.safetensors>,
-                           "components": {"vae": "vae", "tokenizer": "tokenizer", ...},
-                           "tokenizer": {"steps": 25, "guidance": 3.0, "scheduler": "flow"}, ...}
-    BUNDLE/vae/           the shape VAE (`ShapeVAE.save_pretrained`)
-    BUNDLE/tokenizer/     the LoST tokenizer (`LoSTTokenizer.save_pretrained`)
-    BUNDLE/gpt/, BUNDLE/text_encoder/   joined later by their own export commands
-
+The bundle folder and its `bundle.json` (schema, defaults, `read_bundle`, `export_bundle`) are `bundle.py`'s.
 The model id names the tokenizer weights: tokens only mean something to the tokenizer that wrote them,
 so a tokens file records the id and loading it against another bundle fails.
 
@@ -20,10 +11,7 @@ source mesh into the unit frame (so `lost decode` can put the decoded shape back
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,152 +22,14 @@ import trimesh
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .bundle import GENERATION_DEFAULTS, SAMPLING_DEFAULTS, read_bundle
 from .errors import CheckpointError, ConfigError, DataError
 from .latent.base import ShapeVAE, load_vae
-from .models.lost import WEIGHTS_NAME, LoSTTokenizer
+from .models.lost import LoSTTokenizer
+from .persist import atomic_path
 
-BUNDLE_NAME = "bundle.json"
-BUNDLE_FORMAT = 1
-REQUIRED = ("vae", "tokenizer")  # components every bundle has; gpt / text_encoder are optional
-# when the tokenizer export names none; "shift" is the flow sampler's time shift (exports before it: 1.0)
-SAMPLING_DEFAULTS = {"steps": 25, "guidance": 3.0, "scheduler": "flow", "shift": 1.0}
 TOKENS_FORMAT = "lost-tokens/1"
-# generation settings when bundle.json has no "gpt" entry (lost gpt export writes one)
-GENERATION_DEFAULTS = {"guidance": 3.0, "temperature": 1.0, "guidance_schedule": "constant"}
 DEFAULT_POINTS = 2048  # surface points fed to the VAE when its run config does not say
-
-
-# ----------------------------------------------------------------------------------------------------
-# Bundle folder
-# ----------------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 16 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _sampling_defaults(tokenizer: LoSTTokenizer) -> dict[str, Any]:
-    """Sampler settings the tokenizer's trainer recorded (`sampling` or the run's `tokenizer.scheduler`)."""
-    extra = tokenizer.extra_config if isinstance(tokenizer.extra_config, dict) else {}
-    out = dict(SAMPLING_DEFAULTS)
-    run_tok = extra.get("run", {}).get("tokenizer", {}) if isinstance(extra.get("run"), dict) else {}
-    if isinstance(run_tok, dict) and isinstance(run_tok.get("scheduler"), str):
-        out["scheduler"] = run_tok["scheduler"]
-    sampling = extra.get("sampling")
-    if isinstance(sampling, dict):
-        out.update({k: sampling[k] for k in SAMPLING_DEFAULTS if k in sampling})
-    return out
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a freshly written component folder into place (the old one is removed only after writing)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
-
-
-def _previous(path: Path) -> dict[str, Any]:
-    """What a bundle.json being replaced held (damaged or partial ones count as empty)."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    if not isinstance(meta, dict):
-        return {}
-    return {k: meta[k] for k in ("components", "sources") if isinstance(meta.get(k), dict)}
-
-
-def read_bundle(directory: str | Path) -> dict[str, Any]:
-    """The parsed and checked `bundle.json` of a bundle folder.
-
-    Raises:
-        CheckpointError: no bundle.json, malformed JSON, unknown format, or a required component missing.
-    """
-    directory = Path(directory)
-    path = directory / BUNDLE_NAME
-    if not path.is_file():
-        what = "no such folder" if not directory.exists() else f"no {BUNDLE_NAME} (not a model bundle)"
-        raise CheckpointError(f"{directory}: {what}; make one with lost tokenizer export")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("components"), dict):
-        raise CheckpointError(f"{path}: expected an object with a 'components' mapping")
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise CheckpointError(f"{path}: bundle format {meta.get('format')!r}, this lost reads {BUNDLE_FORMAT}")
-    if not isinstance(meta.get("model_id"), str) or not meta["model_id"]:
-        raise CheckpointError(f"{path}: no model_id")
-    for name in REQUIRED:
-        sub = meta["components"].get(name)
-        if not isinstance(sub, str) or not (directory / sub / "config.json").is_file():
-            raise CheckpointError(f"{directory / str(sub or name)}: component '{name}' is missing from the bundle")
-    return meta
-
-
-def export_bundle(
-    tokenizer_run_or_export: str | Path, vae_dir: str | Path, out: str | Path, vae_preset: str | None = None
-) -> dict[str, Any]:
-    """Write (or update) a bundle from a tokenizer run/export and the shape VAE it was trained on.
-
-    Components other than vae/tokenizer already in `out` (gpt, text_encoder) are kept.
-
-    Args:
-        tokenizer_run_or_export: a tokenizer export folder, or a run directory holding `export/`.
-        vae_dir: anything `resolve_vae` accepts (our VAE export, a bare checkpoint with `vae_preset`, ...).
-        out: the bundle folder.
-
-    Returns:
-        the bundle.json content written.
-
-    Raises:
-        CheckpointError / ConfigError: unloadable parts, or a tokenizer whose latent shape is not the VAE's.
-    """
-    from .latent.hub import resolve_vae
-
-    out = Path(out)
-    tokenizer = LoSTTokenizer.from_pretrained(tokenizer_run_or_export)
-    vae = resolve_vae(str(vae_dir), preset=vae_preset)
-    if list(tokenizer.config.latent_shape) != list(vae.latent_shape):
-        raise ConfigError(f"{tokenizer_run_or_export}: tokenizer latent {list(tokenizer.config.latent_shape)} "
-                          f"does not match the VAE's {list(vae.latent_shape)} ({vae_dir})")
-    old: dict[str, Any] = {}
-    if out.exists():
-        if not out.is_dir():
-            raise CheckpointError(f"{out}: exists and is not a folder")
-        if (out / BUNDLE_NAME).is_file():
-            old = _previous(out / BUNDLE_NAME)
-        elif any(out.iterdir()):
-            raise CheckpointError(f"{out}: folder exists, is not empty and holds no {BUNDLE_NAME}")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, model in (("vae", vae), ("tokenizer", tokenizer)):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        _replace_dir(tmp, out / name)
-    meta = {
-        "format": BUNDLE_FORMAT,
-        "model_id": file_sha256(out / "tokenizer" / WEIGHTS_NAME),
-        "components": {**old.get("components", {}), "vae": "vae", "tokenizer": "tokenizer"},
-        "tokenizer": _sampling_defaults(tokenizer),
-        "num_tokens": tokenizer.num_registers,
-        "token_dim": tokenizer.config.token_dim,
-        "latent_shape": list(vae.latent_shape),
-        "sources": {**old.get("sources", {}), "vae": str(vae_dir), "tokenizer": str(tokenizer_run_or_export)},
-    }
-    tmp = out / f".{BUNDLE_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / BUNDLE_NAME)
-    return meta
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -208,12 +58,8 @@ def save_tokens(path: str | Path, tokens: Tokens) -> Path:
     if tokens.normalization is not None:
         meta["normalization"] = json.dumps(tokens.normalization)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file({"tokens": t}, str(tmp), metadata=meta)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -286,6 +132,20 @@ def to_source_frame(mesh: trimesh.Trimesh, normalization: dict | None) -> trimes
 
 
 @dataclass
+class GenerateConfig:
+    """How `LostPipeline.generate` samples; every None means the bundle's default."""
+
+    guidance: float | None = None  # the GPT head's classifier-free guidance scale (1 = none; default 3.0)
+    temperature: float | None = None  # GPT head sampling temperature (default 1.0)
+    guidance_schedule: str | None = None  # CFG over the tokens: "constant" or "linear" (default "constant")
+    num_tokens: int | None = None  # k tokens to generate (default and at most the GPT's length L)
+    steps: int | None = None  # diffusion-head sampling steps per token (default: the GPT's)
+    resolution: int = 128  # marching-cubes grid
+    decode_steps: int | None = None  # tokenizer decoder sampling steps
+    decode_guidance: float | None = None  # tokenizer decoder guidance scale
+
+
+@dataclass
 class GenerationResult:
     """What `LostPipeline.generate` made: B = len(prompts) * n samples, prompt-major (sample p * n + j)."""
 
@@ -331,7 +191,7 @@ class LostPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str | None = None) -> LostPipeline:
-        """Load a bundle folder (see `export_bundle`) onto `device` (default: CUDA when available)."""
+        """Load a bundle folder (see `bundle.export_bundle`) onto `device` (default: CUDA when available)."""
         directory = Path(directory)
         meta = read_bundle(directory)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -514,9 +374,9 @@ class LostPipeline:
     def text_encoder(self):
         """The bundle's text encoder (`models.text.TextEncoder`), loaded on first use."""
         if self._text_encoder is None:
-            from .models.text import TextEncoder
+            from .teachers import load_text_encoder_folder
 
-            self._text_encoder = TextEncoder.from_folder(self._component("text_encoder"), device=self.device)
+            self._text_encoder = load_text_encoder_folder(self._component("text_encoder"), device=self.device)
         return self._text_encoder
 
     @property
@@ -524,11 +384,13 @@ class LostPipeline:
         """L: the number of tokens the GPT was trained to generate."""
         return int(self.gpt.config.num_tokens)
 
-    def _generation_args(self, prompts: list[str], n: int, guidance: float | None, temperature: float | None,
-                         guidance_schedule: str | None, num_tokens: int | None,
-                         prefix: Tokens | None, keep: int | None) -> dict[str, Any]:
+    def _generation_args(self, prompts: list[str], n: int, config: GenerateConfig, prefix: Tokens | None,
+                         keep: int | None) -> dict[str, Any]:
         """Checked settings of one `generate` call (ConfigError / DataError on a bad one)."""
         from .models.gpt import GUIDANCE_SCHEDULES
+
+        guidance, temperature, num_tokens = config.guidance, config.temperature, config.num_tokens
+        guidance_schedule = config.guidance_schedule
 
         if not prompts:
             raise ConfigError("prompt: no prompt given")
@@ -576,16 +438,9 @@ class LostPipeline:
         prompt: str | Sequence[str],
         n: int = 4,
         seed: int = 0,
-        guidance: float | None = None,
-        temperature: float | None = None,
-        num_tokens: int | None = None,
+        config: GenerateConfig | None = None,
         prefix: Tokens | None = None,
         keep: int | None = None,
-        guidance_schedule: str | None = None,
-        steps: int | None = None,
-        resolution: int = 128,
-        decode_steps: int | None = None,
-        decode_guidance: float | None = None,
     ) -> GenerationResult:
         """Text -> n shapes per prompt: LoST-GPT samples tokens, the tokenizer decodes them, marching cubes.
 
@@ -593,23 +448,23 @@ class LostPipeline:
             prompt: one prompt or a list; each gets n samples (result order: prompt-major).
             seed: one generator seeded with this draws every token of the batch, and the decoder's noise is
                 seeded with it too: the same call gives identical tokens, latents and meshes.
-            guidance, temperature, guidance_schedule: the GPT head's CFG scale (1 = none), temperature and CFG
-                schedule ("constant" or "linear"); None: the bundle's "gpt" defaults (3.0, 1.0, "constant").
-            num_tokens: k tokens to generate (default and at most the GPT's length L); fewer is a coarse draft.
+            config: guidance, temperature, schedule and k of the GPT head, its sampling steps, the decoder's
+                sampler and the marching-cubes grid (`GenerateConfig`; default: the bundle's settings, grid 128).
+                Fewer tokens (`num_tokens` < L) is a coarse draft.
             prefix, keep: continue the first `keep` tokens of `prefix` (default all it holds), e.g. shape
                 completion from a few tokens of a tokenized mesh; they are kept unchanged.
-            steps: diffusion-head sampling steps per token (None: the GPT's default).
-            resolution: marching-cubes grid.
-            decode_steps, decode_guidance: the tokenizer decoder's sampler (None: the bundle's defaults).
 
         Raises:
             CheckpointError: the bundle has no gpt/ or text_encoder/ (one line naming the bundle).
             ConfigError / DataError: an empty prompt, k outside 1..L, a prefix of another model, a bad keep.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        cfg = config if config is not None else GenerateConfig()
+        steps, resolution = cfg.steps, cfg.resolution
+        decode_steps, decode_guidance = cfg.decode_steps, cfg.decode_guidance
         if resolution < 1:
             raise ConfigError(f"resolution: must be >= 1, got {resolution}")
-        args = self._generation_args(prompts, n, guidance, temperature, guidance_schedule, num_tokens, prefix, keep)
+        args = self._generation_args(prompts, n, cfg, prefix, keep)
         text = self.text_encoder  # both parts load before any work: a missing one fails first
         gpt = self.gpt
         dev = self.device

@@ -104,3 +104,23 @@ def make_box(extents=(1.0, 1.0, 1.0), center=(0.0, 0.0, 0.0)) -> trimesh.Trimesh
     m = trimesh.creation.box(extents=extents)
     m.apply_translation(center)
     return m
+
+
+class Killed(RuntimeError):
+    """What `kill_before_step` raises: a training run dying mid-way, as a kill or a crash would."""
+
+
+def kill_before_step(task, step: int):
+    """Make `task` die when the loop reaches 0-based optimizer step `step` (after `step` steps are done and
+    logged, before anything else is saved), through the `Task.on_step_start` hook every loop call makes.
+    Returns the task; its own hook still runs on the steps before."""
+    hook = getattr(task, "on_step_start", None)
+
+    def on_step_start(s: int, epoch: int) -> None:
+        if s == step:
+            raise Killed(f"killed before step {step}")
+        if hook is not None:
+            hook(s, epoch)
+
+    task.on_step_start = on_step_start
+    return task

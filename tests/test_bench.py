@@ -208,7 +208,7 @@ def test_cuda_request_without_cuda(capsys):
 def test_bundle_latency_rows(capsys, tmp_path):
     from lostcli.latent.direct3d import TriplaneVAE
     from lostcli.models.lost import build_tokenizer
-    from lostcli.pipeline import export_bundle
+    from lostcli.bundle import export_bundle
 
     TriplaneVAE.from_preset("tiny").save_pretrained(tmp_path / "vae")
     build_tokenizer("lost_tiny").save_pretrained(tmp_path / "tok")

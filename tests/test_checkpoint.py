@@ -6,7 +6,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from lostcli.errors import CheckpointError
-from lostcli.latent.checkpoint import compare_state_dict, load_strict, read_state_dict
+from lostcli.persist import compare_state_dict, load_strict, read_state_dict
 
 
 class Custom:

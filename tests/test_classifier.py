@@ -14,8 +14,8 @@ from lostcli.cli import eval as eval_cli
 from lostcli.config import OptimConfig, TrainConfig, load_config
 from lostcli.data.store import ShardWriter
 from lostcli.errors import CheckpointError, ConfigError, DataError
-from lostcli.eval.classifier import (RenderClassifier, RenderClassifierConfig, classify_views, evaluate_classifier,
-                                     label_indices, load_classifier, predict_renders, shape_probabilities)
+from lostcli.models.classifier import (RenderClassifier, RenderClassifierConfig, classify_views, evaluate_classifier,
+                                       label_indices, load_classifier, predict_renders, shape_probabilities)
 from lostcli.train.classifier import (ClassifierDataConfig, ClassifierRunConfig, ClassifierTask, RenderLabelDataset,
                                       augment, dataset_categories, train_classifier)
 from lostcli.train.loop import seed_everything, train

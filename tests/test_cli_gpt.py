@@ -17,6 +17,7 @@ from conftest import cli, cli_ok, one_error
 from lostcli.models.gpt import LoSTGPT
 from lostcli.models.teacher import ClipTeacher, ClipTeacherConfig
 from lostcli.models.text import TextEncoder
+from lostcli.teachers import load_text_encoder_folder
 from test_gpt_train import TEXT, write_store
 from test_pipeline import R, make_bundle
 
@@ -76,7 +77,7 @@ def test_train_writes_the_run(work, trained):
     texts = json.loads(cache[0].with_suffix(".json").read_text())["texts"]
     assert "a chair" in texts and "a lamp" in texts and len(texts) > 2  # stored captions + re-phrasings
     assert load_file(str(cache[0]))["embeddings"].shape == (len(texts), TEXT["embed_dim"])
-    te = TextEncoder.from_folder(run / "text_encoder")  # a full copy of the built-in teacher
+    te = load_text_encoder_folder(run / "text_encoder")  # a full copy of the built-in teacher
     teacher = TextEncoder(ClipTeacher.from_pretrained(work / "teacher" / "export"), spec="teacher")
     assert te.fingerprint() == meta["text_encoder"]["fingerprint"] == teacher.fingerprint()
     assert "config.yaml" in {p.name for p in run.iterdir()}
@@ -99,7 +100,7 @@ def test_export_adds_gpt_and_text_encoder_and_keeps_the_rest(work, trained, tmp_
     gpt = LoSTGPT.from_pretrained(bundle / "gpt")
     ref = LoSTGPT.from_pretrained(trained)
     assert all(torch.equal(v, ref.state_dict()[k]) for k, v in gpt.state_dict().items())
-    text = TextEncoder.from_folder(bundle / "text_encoder")
+    text = load_text_encoder_folder(bundle / "text_encoder")
     teacher = ClipTeacher.from_pretrained(work / "teacher" / "export")
     torch.testing.assert_close(text.encode(["a chair"]), teacher.encode_text(["a chair"]), rtol=0, atol=1e-6)
     # exporting again replaces gpt/ in place and keeps everything else

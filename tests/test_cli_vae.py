@@ -13,12 +13,12 @@ import torch
 import trimesh
 from safetensors.torch import save_file
 
-from lostcli.batch.reconstruct import roundtrip
 from lostcli.config import load_config
 from lostcli.data.mesh import load_mesh, normalize_mesh
 from lostcli.data.sampling import sample_surface
 from lostcli.data.store import DatasetStore
 from lostcli.data.synth import synth_dataset
+from lostcli.eval.vae_roundtrip import roundtrip
 from lostcli.latent.base import load_vae
 from lostcli.latent.direct3d import TriplaneVAE
 from lostcli.latent.extract import query_grid

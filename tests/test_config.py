@@ -4,8 +4,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lostcli.config import OptimConfig, TrainConfig, from_dict, load_config, parse_override, save_config, to_dict
+from lostcli.config import OptimConfig, TrainConfig, from_dict, load_config, parse_override, to_dict
 from lostcli.errors import ConfigError
+from lostcli.persist import save_config
 
 
 @dataclass

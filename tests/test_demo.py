@@ -84,6 +84,15 @@ class FakeRunner:
         return 0
 
 
+def run_with(runner, opts: DemoOptions, **kw):
+    """`run_demo(opts, **kw)` with `runner(stage, log, threads)` in place of the subprocess `run_stage`."""
+    import lostcli.demo as demo_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo_mod, "run_stage", runner)
+        return run_demo(opts, **kw)
+
+
 def _parse(args: list[str]):
     """Parse a stage's arguments with the real `lost` command (no command runs): the click context."""
     import typer
@@ -179,7 +188,7 @@ def test_finished_stages_skipped_and_training_resumed(tmp_path):
 
     runner = FakeRunner()
     events = []
-    result = run_demo(opts, progress=lambda e, i, n, s, sec: events.append((e, s.name)), runner=runner)
+    result = run_with(runner, opts, progress=lambda e, i, n, s, sec: events.append((e, s.name)))
 
     assert result.skipped == ["synth", "prepare", "vae"]
     assert result.ran == ORDER[3:] and list(runner.calls) == ORDER[3:]
@@ -201,26 +210,26 @@ def test_finished_stages_skipped_and_training_resumed(tmp_path):
 
     # a rerun finds everything finished and runs nothing
     again = FakeRunner()
-    assert run_demo(opts, runner=again).ran == [] and again.calls == {}
+    assert run_with(again, opts).ran == [] and again.calls == {}
 
 
 def test_failed_stage_names_its_log_and_rerun_resumes(tmp_path):
     opts = _opts(tmp_path)
     with pytest.raises(StageError) as e:
-        run_demo(opts, runner=FakeRunner(fail="vae"))
+        run_with(FakeRunner(fail="vae"), opts)
     log = opts.out / "logs" / "vae.log"
     msg = str(e.value)
     assert msg.startswith(f"{log}: stage vae failed (exit 2): data/x.glb: vertices contain NaN or inf")
     assert set(read_record(opts.out)["stages"]) == {"synth", "prepare"}
     runner = FakeRunner()
-    result = run_demo(opts, runner=runner)
+    result = run_with(runner, opts)
     assert result.skipped == ["synth", "prepare"] and list(runner.calls)[0] == "vae"
 
 
 def test_stage_without_product_is_an_error(tmp_path):
     opts = _opts(tmp_path)
     with pytest.raises(StageError, match="stage synth exited 0 but is not finished .*metadata.jsonl"):
-        run_demo(opts, runner=lambda stage, log, threads: 0)
+        run_with(lambda stage, log, threads: 0, opts)
 
 
 class TimedRunner(FakeRunner):
@@ -253,7 +262,7 @@ def test_two_jobs_run_side_by_side_after_their_needs(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_mod, "cpu_threads", lambda: 2)
     opts = _opts(tmp_path)
     runner = TimedRunner()
-    result = run_demo(opts, runner=runner, jobs=2)
+    result = run_with(runner, opts, jobs=2)
     assert sorted(result.ran) == sorted(ORDER) and runner.peak == 2
     plan = {s.name: s for s in build_plan(opts)}
     for name in ORDER:  # nothing started before the stages it needs had finished
@@ -265,10 +274,10 @@ def test_two_jobs_run_side_by_side_after_their_needs(tmp_path, monkeypatch):
     md = result.report.read_text()
     assert "| **wall clock** |" in md and "| **sum of the stages** |" in md
     one = TimedRunner()
-    run_demo(_opts(tmp_path / "one"), runner=one, jobs=1)
+    run_with(one, _opts(tmp_path / "one"), jobs=1)
     assert one.peak == 1 and one.order == ORDER  # one job: plan order
     with pytest.raises(ConfigError, match="--jobs"):
-        run_demo(opts, runner=one, jobs=0)
+        run_with(one, opts, jobs=0)
 
 
 def test_thread_share():
@@ -282,17 +291,17 @@ def test_thread_share():
 def test_a_failure_lets_running_stages_finish(tmp_path):
     opts = _opts(tmp_path)
     with pytest.raises(StageError, match="stage teacher failed"):
-        run_demo(opts, runner=TimedRunner(fail="teacher"), jobs=2)
+        run_with(TimedRunner(fail="teacher"), opts, jobs=2)
     done = set(read_record(opts.out)["stages"])
     assert {"synth", "prepare"} <= done and "teacher" not in done and "features" not in done
-    result = run_demo(opts, runner=TimedRunner(), jobs=2)  # the rerun resumes
+    result = run_with(TimedRunner(), opts, jobs=2)  # the rerun resumes
     assert "teacher" in result.ran and not set(result.ran) & done
 
 
 def test_other_settings_refused(tmp_path):
-    run_demo(_opts(tmp_path, n=72, quick=True), runner=FakeRunner())
+    run_with(FakeRunner(), _opts(tmp_path, n=72, quick=True))
     with pytest.raises(ConfigError, match="n=72, quick=True"):
-        run_demo(_opts(tmp_path), runner=FakeRunner())
+        run_with(FakeRunner(), _opts(tmp_path))
 
 
 def test_cli_demo(tmp_path, capsys, monkeypatch):

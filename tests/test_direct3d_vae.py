@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from lostcli.errors import CheckpointError
 from lostcli.latent.base import load_vae, read_vae_config
-from lostcli.latent.checkpoint import load_strict
 from lostcli.latent.direct3d import FourierEmbedder, TriplaneVAE, sample_planes
 from lostcli.latent.extract import extract_mesh
+from lostcli.persist import load_strict
 
 from conftest import shared_path
 

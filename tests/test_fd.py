@@ -9,7 +9,7 @@ from scipy import linalg
 from torch import nn
 
 from lostcli.errors import CheckpointError, DataError
-from lostcli.eval.classifier import RenderClassifier, RenderClassifierConfig
+from lostcli.models.classifier import RenderClassifier, RenderClassifierConfig
 from lostcli.eval.fd import (FD_WARN_SHAPES, RenderDistance, RenderFeatures, classifier_features, feature_network,
                              frechet_distance, kernel_distance, local_inception_weights, teacher_features)
 

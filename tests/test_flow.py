@@ -105,7 +105,7 @@ class _Oracle:
         self.config = LoSTConfig(**{**TINY, "prediction": "velocity" if kind == "flow" else "epsilon"})
         self.calls: list[int] = []
 
-    def decoder_forward(self, x_t, t, cond, keep, drop_cond=None):
+    def decode(self, cond, keep, x_t, t, drop_cond=None):
         self.calls.append(x_t.shape[0])
         B = x_t.shape[0]
         x0 = self.x0.repeat(B // self.x0.shape[0], 1, 1, 1)
@@ -150,7 +150,7 @@ def test_sampler_is_seeded_and_guidance_one_is_the_conditional_sampler():
     with torch.no_grad():
         for i in range(4):
             s, s_next = sched.sigmas[i], sched.sigmas[i + 1]
-            x = x + (s_next - s) * model.decoder_forward(x, s.expand(2), tokens, keep)
+            x = x + (s_next - s) * model.decode(tokens, keep, x, s.expand(2))
     torch.testing.assert_close(got, x, atol=1e-5, rtol=0)
     assert (got - a).abs().mean() > 1e-3  # guidance 3 is something else
 

@@ -16,7 +16,7 @@ from lostcli.data.render import LABEL_HEIGHT, TITLE_HEIGHT
 from lostcli.data.store import ShardWriter
 from lostcli.data.synth import CATEGORIES
 from lostcli.errors import CheckpointError, ConfigError, DataError
-from lostcli.eval.classifier import RenderClassifier, RenderClassifierConfig, load_classifier
+from lostcli.models.classifier import RenderClassifier, RenderClassifierConfig, load_classifier
 from lostcli.eval.gen import GenEvalConfig, category_prompts, evaluate_gen, parse_cfgs, render_markdown
 from lostcli.pipeline import LostPipeline
 

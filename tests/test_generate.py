@@ -3,6 +3,7 @@ tiny untrained LoST-GPT and a tiny built-in text encoder exported into it (secon
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from lostcli.errors import CheckpointError, ConfigError, DataError
 from lostcli.models.gpt import build_gpt
 from lostcli.models.teacher import ClipTeacher, ClipTeacherConfig
 from lostcli.models.text import TextEncoder
-from lostcli.pipeline import LostPipeline, Tokens, load_tokens, save_tokens
+from lostcli.pipeline import GenerateConfig, LostPipeline, Tokens, load_tokens, save_tokens
 from lostcli.train.gpt import export_gpt
 
 from conftest import cli, one_error
@@ -72,10 +73,15 @@ def pipe(bundle) -> LostPipeline:
 # ----------------------------------------------------------------------------------------------------
 
 
+def fast(**kw) -> GenerateConfig:
+    """Two diffusion-head steps per token and a 16^3 grid, unless `kw` says otherwise."""
+    return GenerateConfig(**{"steps": 2, "resolution": 16, **kw})
+
+
 def test_generate_shapes_and_lazy_loading(bundle, pipe):
     assert pipe._gpt is None and pipe._text_encoder is None  # nothing loaded until generation
     assert pipe.generation["guidance"] == 2.0  # the export's sampling defaults reach the pipeline
-    res = pipe.generate(["a chair", "a tall lamp"], n=2, seed=0, steps=2, resolution=16)
+    res = pipe.generate(["a chair", "a tall lamp"], n=2, seed=0, config=fast())
     assert res.tokens.shape == (4, L, 32) and res.latents.shape == (4, 8, 4, 12)
     assert res.prompts == ["a chair", "a chair", "a tall lamp", "a tall lamp"]
     assert len(res.meshes) == 4 and all(isinstance(m, trimesh.Trimesh) and len(m.faces) for m in res.meshes)
@@ -86,38 +92,38 @@ def test_generate_shapes_and_lazy_loading(bundle, pipe):
 
 
 def test_same_seed_same_tokens_latents_meshes(pipe):
-    a = pipe.generate("a chair", n=2, seed=5, steps=2, resolution=16)
-    b = pipe.generate("a chair", n=2, seed=5, steps=2, resolution=16)
-    c = pipe.generate("a chair", n=2, seed=6, steps=2, resolution=16)
+    a = pipe.generate("a chair", n=2, seed=5, config=fast())
+    b = pipe.generate("a chair", n=2, seed=5, config=fast())
+    c = pipe.generate("a chair", n=2, seed=6, config=fast())
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.latents, b.latents)
     for ma, mb in zip(a.meshes, b.meshes):
         assert np.array_equal(ma.vertices, mb.vertices) and np.array_equal(ma.faces, mb.faces)
     assert not torch.allclose(a.tokens, c.tokens)
-    other = pipe.generate("a red sports car with big wheels", n=2, seed=5, steps=2, resolution=16)
+    other = pipe.generate("a red sports car with big wheels", n=2, seed=5, config=fast())
     assert not torch.allclose(a.tokens, other.tokens)  # the prompt conditions the GPT
 
 
 def test_guidance_and_schedule_change_the_tokens(pipe):
-    base = pipe.generate("a chair", n=1, seed=1, guidance=1.0, steps=2, resolution=8)
-    strong = pipe.generate("a chair", n=1, seed=1, guidance=4.0, steps=2, resolution=8)
-    linear = pipe.generate("a chair", n=1, seed=1, guidance=4.0, guidance_schedule="linear", steps=2, resolution=8)
+    base = pipe.generate("a chair", n=1, seed=1, config=fast(guidance=1.0, resolution=8))
+    strong = pipe.generate("a chair", n=1, seed=1, config=fast(guidance=4.0, resolution=8))
+    linear = pipe.generate("a chair", n=1, seed=1, config=fast(guidance=4.0, guidance_schedule="linear", resolution=8))
     assert not torch.allclose(base.tokens, strong.tokens)
     # linear: token 0 gets scale 1 + 3 / L, not 4: it differs from the constant schedule's first token
     assert not torch.allclose(strong.tokens[:, 0], linear.tokens[:, 0])
 
 
 def test_short_drafts_and_prefix_continuation(pipe):
-    draft = pipe.generate("a chair", n=2, seed=0, num_tokens=2, steps=2, resolution=16)
+    draft = pipe.generate("a chair", n=2, seed=0, config=fast(num_tokens=2))
     assert draft.tokens.shape == (2, 2, 32) and draft.settings["k"] == 2
-    full = pipe.generate("a chair", n=2, seed=0, steps=2, resolution=16)
+    full = pipe.generate("a chair", n=2, seed=0, config=fast())
     assert torch.allclose(draft.tokens, full.tokens[:, :2], atol=1e-5)  # the first tokens do not depend on k
 
     prefix = Tokens(tokens=torch.randn(R, 32), k=R, normalization=None, source="mesh.glb", model_id=pipe.model_id)
-    cont = pipe.generate(["a chair", "a lamp"], n=2, seed=0, prefix=prefix, keep=3, steps=2, resolution=16)
+    cont = pipe.generate(["a chair", "a lamp"], n=2, seed=0, prefix=prefix, keep=3, config=fast())
     assert cont.tokens.shape == (4, L, 32) and cont.settings["keep"] == 3
     assert torch.equal(cont.tokens[:, :3], prefix.tokens[:3].expand(4, -1, -1))  # kept unchanged
     assert not torch.allclose(cont.tokens[0, 3:], cont.tokens[1, 3:])  # the rest is sampled per draw
-    only = pipe.generate("a chair", n=1, seed=0, prefix=prefix, keep=4, num_tokens=4, steps=2, resolution=16)
+    only = pipe.generate("a chair", n=1, seed=0, prefix=prefix, keep=4, config=fast(num_tokens=4))
     assert torch.equal(only.tokens[0], prefix.tokens[:4])  # nothing left to generate: the prefix is decoded
 
 
@@ -134,8 +140,10 @@ def test_short_drafts_and_prefix_continuation(pipe):
 ])
 def test_bad_arguments(pipe, kwargs, error, match):
     args = {"prompt": "a chair", "n": 1, "steps": 2, "resolution": 8, **kwargs}
+    fields = {f.name for f in dataclasses.fields(GenerateConfig)}
+    config = GenerateConfig(**{k: v for k, v in args.items() if k in fields})
     with pytest.raises(error, match=match) as exc:
-        pipe.generate(**args)
+        pipe.generate(config=config, **{k: v for k, v in args.items() if k not in fields})
     assert "\n" not in str(exc.value)
 
 
@@ -165,8 +173,8 @@ def test_in_memory_pipeline_needs_set_generator(pipe):
         bare.generate("a chair", n=1)
     gpt, text = tiny_generator()
     bare.set_generator(gpt, text)
-    res = bare.generate("a chair", n=1, seed=5, guidance=2.0, steps=2, resolution=16)
-    assert torch.equal(res.tokens, pipe.generate("a chair", n=1, seed=5, steps=2, resolution=16).tokens)
+    res = bare.generate("a chair", n=1, seed=5, config=fast(guidance=2.0))
+    assert torch.equal(res.tokens, pipe.generate("a chair", n=1, seed=5, config=fast()).tokens)
     wrong = build_gpt("gpt_tiny", num_tokens=R + 1, token_dim=32, cond_dim=32, width=32, depth=1, heads=2)
     with pytest.raises(CheckpointError, match="this tokenizer reads up to 8"):
         bare.set_generator(wrong, text)

@@ -70,7 +70,7 @@ def test_training_draws_cond_dropout_with_its_probability():
 
     def seeded(m, c):
         torch.manual_seed(5)
-        return m(x, c)
+        return m(x, c, m.sample_drop(3))
 
     always = _model(cond_drop_prob=1.0).train()
     a, b = seeded(always, c1), seeded(always, c2)
@@ -79,7 +79,7 @@ def test_training_draws_cond_dropout_with_its_probability():
     a, b = seeded(never, c1), seeded(never, c2)
     assert a["drop_frac"].item() == 0.0 and not torch.equal(a["loss"], b["loss"])
     half = _model(cond_drop_prob=0.3)
-    frac = half(torch.randn(2000, 2, D), torch.randn(2000, C))["drop_frac"].item()
+    frac = half(torch.randn(2000, 2, D), torch.randn(2000, C), half.sample_drop(2000))["drop_frac"].item()
     assert abs(frac - 0.3) < 0.04
 
 

@@ -16,7 +16,8 @@ from lostcli.data.synth import sample_params
 from lostcli.errors import CheckpointError, ConfigError, DataError
 from lostcli.models.gpt import LoSTGPT, build_gpt
 from lostcli.models.teacher import ClipTeacher, ClipTeacherConfig
-from lostcli.models.text import TextEncoder, load_text_encoder, read_info
+from lostcli.models.text import TextEncoder, read_info
+from lostcli.teachers import load_text_encoder, load_text_encoder_folder
 from lostcli.train.gpt import (GPTRunConfig, GPTSamplingConfig, GPTTask, build_task, caption_lists,
                                open_tokens, prepare_data, shape_captions, text_bank)
 
@@ -73,7 +74,7 @@ def test_text_encoder_embeddings_save_and_load(tmp_path):
     loaded.save_into(tmp_path / "te")
     info = read_info(tmp_path / "te")
     assert info["kind"] == "builtin" and info["fingerprint"] == enc.fingerprint() and info["width"] == 16
-    again = TextEncoder.from_folder(tmp_path / "te")
+    again = load_text_encoder_folder(tmp_path / "te")
     torch.testing.assert_close(again.encode(["a tall lamp"]), e[1:2], rtol=0, atol=1e-6)
     assert load_text_encoder(tmp_path / "te").fingerprint() == enc.fingerprint()  # a saved folder is a spec too
     assert tiny_text(seed=1).fingerprint() != enc.fingerprint()
@@ -173,7 +174,7 @@ def test_forty_steps_lower_the_loss():
 def test_each_step_uses_one_of_the_shapes_own_captions(monkeypatch):
     task = _task()
     seen = []
-    monkeypatch.setattr(task.gpt, "forward", lambda x, c: seen.append(c) or {"loss": c.sum(), "drop_frac": c[0, 0]})
+    monkeypatch.setattr(task.gpt, "forward", lambda x, c, drop: seen.append(c) or {"loss": c.sum(), "drop_frac": c[0, 0]})
     text = torch.zeros(4, 3, 16)
     text[:, 0, 0], text[:, 1, 1] = 1.0, 1.0  # caption 0 -> e_0, caption 1 -> e_1; slot 2 is padding
     mask = torch.tensor([[True, True, False]] * 3 + [[True, False, False]])
@@ -256,7 +257,8 @@ def test_tokens_table_checks(store, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(store, tmp_path):
-    from lostcli.train.loop import StopTraining, seed_everything, train
+    from conftest import Killed, kill_before_step
+    from lostcli.train.loop import seed_everything, train
 
     overrides = ["model.overrides={num_tokens: 4, width: 32, depth: 1, heads: 2, diffloss: {width: 32, depth: 1}}",
                  "train.batch_size=4", "train.steps=5", "train.save_every=2", "train.log_every=1",
@@ -265,16 +267,18 @@ def test_killed_run_resumes_to_the_same_weights(store, tmp_path):
     ids, stats = open_tokens(store, "train", MODEL_ID)
     enc = tiny_text()
 
-    def run(out: Path, **kw):
+    def run(out: Path, kill_at: int | None = None, **kw):
         seed_everything(cfg.train.seed)
         task = build_task(cfg, stats, enc.describe(), MODEL_ID)
+        if kill_at is not None:
+            kill_before_step(task, kill_at)
         data = prepare_data(cfg, store, ids, enc, task.gpt.config.num_tokens, out)
         train(task, data, cfg.train, cfg.optim, out, progress=False, **kw)
         return LoSTGPT.from_pretrained(out).state_dict() if (out / "export").is_dir() else None
 
     whole = run(tmp_path / "whole")
-    with pytest.raises(StopTraining):
-        run(tmp_path / "cut", stop_after=3)  # killed after step 3; newest checkpoint: step 2
+    with pytest.raises(Killed):
+        run(tmp_path / "cut", kill_at=3)  # killed after step 3; newest checkpoint: step 2
     resumed = run(tmp_path / "cut", resume=True)
     for k, v in whole.items():
         torch.testing.assert_close(resumed[k], v, rtol=0, atol=0, msg=k)

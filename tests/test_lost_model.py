@@ -105,17 +105,17 @@ def test_keep_choices():
     assert _model(num_registers=512).keep_choices[-1] == 512
 
 
-def test_mask_tokens_replaces_exactly_the_positions_from_k_on():
+def test_condition_replaces_exactly_the_positions_from_k_on():
     model = _model()
     tokens = torch.randn(3, 8, 8)
     keep = torch.tensor([1, 3, 8])
-    out = model.mask_tokens(tokens, keep)
+    out = model.condition(tokens, keep)
     null = model.decoder.null_cond.detach()
     for b, k in enumerate(keep.tolist()):
         assert torch.equal(out[b, :k], tokens[b, :k])
         assert torch.equal(out[b, k:], null[k:])
     # a prefix of K < R tokens is padded with the null tokens
-    out = model.mask_tokens(tokens[:, :3], torch.tensor([8, 8, 2]))
+    out = model.condition(tokens[:, :3], torch.tensor([8, 8, 2]))
     assert out.shape == (3, 8, 8)
     assert torch.equal(out[0, :3], tokens[0, :3]) and torch.equal(out[0, 3:], null[3:])
     assert torch.equal(out[2, :2], tokens[2, :2]) and torch.equal(out[2, 2:], null[2:])
@@ -146,7 +146,7 @@ def test_sample_drop_probability():
 def test_decoder_outputs_zero_and_blocks_are_identity_at_init():
     model = _model()
     z, x_t, t = _inputs()
-    out = model(z, x_t, t, keep=torch.tensor([8, 2, 1]))
+    out = model.decode(model.encode(z), torch.tensor([8, 2, 1]), x_t, t)
     assert out.shape == x_t.shape and torch.count_nonzero(out) == 0
     x, c = torch.randn(3, 40, 32), torch.randn(3, 32)
     for block in model.decoder.blocks:
@@ -162,9 +162,9 @@ def test_decoding_runs_for_every_prefix(patch_size):
         tokens = model.encode(z)
         outs = {}
         for k in model.keep_choices:
-            outs[k] = model.decoder_forward(x_t, t, tokens, torch.full((2,), k))
+            outs[k] = model.decode(tokens, torch.full((2,), k), x_t, t)
             assert outs[k].shape == (2, 4, 4, 8) and torch.isfinite(outs[k]).all()
-            prefix = model.decoder_forward(x_t, t, tokens[:, :k], torch.full((2,), k))  # tokens[:, :k] alone
+            prefix = model.decode(tokens[:, :k], torch.full((2,), k), x_t, t)  # tokens[:, :k] alone
             torch.testing.assert_close(prefix, outs[k], atol=1e-6, rtol=0)
     assert (outs[1] - outs[8]).abs().max() > 1e-4  # more tokens, different prediction
 
@@ -174,7 +174,7 @@ def test_every_parameter_gets_a_gradient():
     _perturb(model)
     z, x_t, t = _inputs()
     # sample 0 keeps all tokens (encoder path), 1 uses null tokens, 2 is a CFG drop
-    out = model(z, x_t, t, keep=torch.tensor([8, 1, 4]), drop_cond=torch.tensor([False, False, True]))
+    out = model.decode(model.encode(z), torch.tensor([8, 1, 4]), x_t, t, drop=torch.tensor([False, False, True]))
     out.square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -187,10 +187,10 @@ def test_drop_cond_gives_exactly_the_null_condition_output():
     with torch.no_grad():
         tokens = model.encode(z)
         keep = torch.tensor([8, 4])
-        cond_out = model.decoder_forward(x_t, t, tokens, keep)
-        dropped = model.decoder_forward(x_t, t, tokens, keep, drop_cond=torch.tensor([True, True]))
-        uncond = model.decoder_forward(x_t, t, model.null_condition(2), torch.full((2,), 8))
-        half = model.decoder_forward(x_t, t, tokens, keep, drop_cond=torch.tensor([True, False]))
+        cond_out = model.decode(tokens, keep, x_t, t)
+        dropped = model.decode(tokens, keep, x_t, t, drop=torch.tensor([True, True]))
+        uncond = model.decode(model.null_condition(2), torch.full((2,), 8), x_t, t)
+        half = model.decode(tokens, keep, x_t, t, drop=torch.tensor([True, False]))
     assert torch.equal(dropped, uncond)
     assert (cond_out - uncond).abs().max() > 1e-4  # the condition matters
     assert torch.equal(half[0], uncond[0])
@@ -204,9 +204,9 @@ def test_float_and_integer_timesteps_agree():
     with torch.no_grad():
         tokens = model.encode(z)
         keep = torch.full((2,), 8)
-        a = model.decoder_forward(x_t, torch.tensor([0.25, 0.75]), tokens, keep)
-        b = model.decoder_forward(x_t, torch.tensor([250, 750]), tokens, keep)
-        c = model.decoder_forward(x_t, torch.tensor(0.25), tokens, keep)  # a scalar t is broadcast
+        a = model.decode(tokens, keep, x_t, torch.tensor([0.25, 0.75]))
+        b = model.decode(tokens, keep, x_t, torch.tensor([250, 750]), timesteps=True)
+        c = model.decode(tokens, keep, x_t, torch.tensor(0.25))  # a scalar t is broadcast
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     torch.testing.assert_close(c[0], a[0], atol=1e-6, rtol=0)
     assert (a[0] - c[1]).abs().max() > 1e-4  # ...and t matters
@@ -217,12 +217,12 @@ def test_grad_checkpointing_gives_the_same_output():
     _perturb(model)
     z, x_t, t = _inputs(2)
     keep = torch.tensor([8, 2])
-    ref = model(z, x_t, t, keep)
+    ref = model.decode(model.encode(z), keep, x_t, t)
     ref.square().sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     model.config.grad_checkpointing = True
-    out = model(z, x_t, t, keep)
+    out = model.decode(model.encode(z), keep, x_t, t)
     out.square().sum().backward()
     torch.testing.assert_close(out, ref)
     for n, p in model.named_parameters():
@@ -233,9 +233,9 @@ def test_condition_shape_is_checked():
     model = _model()
     z, x_t, t = _inputs(1)
     with pytest.raises(ValueError, match="do not fit"):
-        model.decoder_forward(x_t, t, torch.randn(1, 9, 8), torch.tensor([8]))
+        model.decode(torch.randn(1, 9, 8), torch.tensor([8]), x_t, t)
     with pytest.raises(ValueError, match="do not fit"):
-        model.decoder_forward(x_t, t, torch.randn(1, 8, 4), torch.tensor([8]))
+        model.decode(torch.randn(1, 8, 4), torch.tensor([8]), x_t, t)
 
 
 # -- latent statistics and persistence ----------------------------------------------------------------

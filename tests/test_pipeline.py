@@ -13,6 +13,7 @@ import torch
 import trimesh
 from safetensors.torch import save_file
 
+from lostcli.bundle import export_bundle, read_bundle
 from lostcli.data.mesh import normalize_mesh
 from lostcli.errors import CheckpointError, ConfigError, DataError, LostError
 from lostcli.latent.direct3d import TriplaneVAE
@@ -21,9 +22,7 @@ from lostcli.models.lost import build_tokenizer
 from lostcli.pipeline import (
     LostPipeline,
     Tokens,
-    export_bundle,
     load_tokens,
-    read_bundle,
     save_tokens,
     to_source_frame,
 )

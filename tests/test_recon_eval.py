@@ -18,14 +18,15 @@ from lostcli.data.render import render_views
 from lostcli.data.sampling import sample_surface
 from lostcli.data.store import ShardWriter
 from lostcli.errors import ConfigError
-from lostcli.eval.classifier import RenderClassifier, RenderClassifierConfig, load_classifier
+from lostcli.models.classifier import RenderClassifier, RenderClassifierConfig, load_classifier
 from lostcli.eval.geometry import mesh_metrics
 from lostcli.eval.recon import ReconConfig, evaluate_recon, parse_tokens, resolve_ks
 from lostcli.latent.direct3d import TriplaneVAE
 from lostcli.latent.extract import query_grid
 from lostcli.models.lost import build_tokenizer
 from lostcli.models.teacher import ClipTeacher, ClipTeacherConfig
-from lostcli.pipeline import LostPipeline, export_bundle
+from lostcli.bundle import export_bundle
+from lostcli.pipeline import LostPipeline
 
 R = 8  # registers of the test tokenizer
 SIZE = 32  # stored render size

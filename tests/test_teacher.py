@@ -17,7 +17,8 @@ from lostcli.batch.features import (extract_features, pool_tokens, retrieval_sco
 from lostcli.data.store import DatasetStore, ShardWriter
 from lostcli.errors import CheckpointError, ConfigError, DataError
 from lostcli.models.teacher import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ClipTeacher,
-                                    ClipTeacherConfig, OpenClipTeacher, TimmTeacher, load_teacher)
+                                    ClipTeacherConfig, OpenClipTeacher, TimmTeacher)
+from lostcli.teachers import load_teacher
 from lostcli.train.teacher import ClipTask, RenderCaptionDataset, clip_loss
 
 TINY = dict(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=1, vision_heads=2,
@@ -433,3 +434,33 @@ def test_teacher_retrieval_end_to_end(tmp_path):
     assert emb.shape == (3, 32) and torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
     with pytest.raises(DataError, match="no items"):
         teacher_retrieval(root, teacher, split="val")
+
+
+def test_quiet_logging_drops_only_the_packages_records_and_only_inside_the_block(caplog):
+    import logging
+    import os
+
+    import open_clip
+
+    from lostcli.teachers import quiet_logging
+
+    inside = os.path.join(os.path.dirname(open_clip.__file__), "factory.py")
+
+    def emit(logger: logging.Logger, pathname: str, what: str, level: int = logging.WARNING) -> None:
+        if logger.isEnabledFor(level):
+            logger.handle(logger.makeRecord(logger.name, level, pathname, 1, what, (), None))
+
+    root, child = logging.getLogger(), logging.getLogger("open_clip.factory")
+    caplog.set_level(logging.INFO)
+    before, filters = logging.getLogger("open_clip").level, list(root.filters)
+    with quiet_logging("open_clip"):
+        assert logging.root.manager.disable == logging.NOTSET  # nothing process-wide
+        emit(root, inside, "open_clip via logging.warning")
+        emit(child, inside, "open_clip's own logger")
+        emit(root, __file__, "someone else on the root logger")
+        emit(logging.getLogger("elsewhere"), __file__, "another logger")
+        emit(root, inside, "open_clip, critical", logging.CRITICAL)
+    emit(root, inside, "open_clip after the block")
+    assert [r.getMessage() for r in caplog.records] == [
+        "someone else on the root logger", "another logger", "open_clip, critical", "open_clip after the block"]
+    assert logging.getLogger("open_clip").level == before and root.filters == filters

@@ -13,7 +13,8 @@ from lostcli.eval.token_probe import (TokenProbeConfig, evaluate_token_probe, ke
                                       token_cosines)
 from lostcli.latent.direct3d import TriplaneVAE
 from lostcli.models.lost import build_tokenizer
-from lostcli.pipeline import LostPipeline, export_bundle
+from lostcli.bundle import export_bundle
+from lostcli.pipeline import LostPipeline
 
 from conftest import cli, one_error
 

@@ -64,7 +64,7 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.x0, self.config = x0, LoSTConfig(**TINY, prediction=prediction)
 
-    def decoder_forward(self, x_t, t, cond, keep, drop=None):
+    def decode(self, cond, keep, x_t, t, drop=None):
         x0 = self.x0.repeat(len(x_t) // len(self.x0), 1, 1, 1)
         if self.config.prediction == "sample":
             return x0
@@ -114,7 +114,7 @@ def test_x0_task_trains_on_x0_and_exports_its_shift():
     u = sample_u(4, "logit_normal", shift=3.0)
     x_t, t, _ = noised("flow", x0, torch.randn_like(x0), u)
     with torch.no_grad():
-        want = F.mse_loss(tok.decoder_forward(x_t, t, tokens, keep, drop), x0)
+        want = F.mse_loss(tok.decode(tokens, keep, x_t, t, drop), x0)
     assert float(out["denoise"]) == pytest.approx(float(want), abs=1e-6)
     assert task.sampling_defaults()["shift"] == 3.0
     with pytest.raises(ConfigError, match="tokenizer.prediction"):
@@ -164,7 +164,7 @@ def test_semantic_gating_scores_only_the_chosen_samples(max_t, skip_dropped):
     use = (t <= max_t) & (~drop if skip_dropped else torch.ones_like(drop))
     assert 0 < int(use.sum()) <= 16 and (int(use.sum()) < 16) == ((max_t, skip_dropped) != (1.0, False))
     with torch.no_grad():
-        x0_hat = predict_x0("flow", x_t, t, tok.decoder_forward(x_t, t, tokens, keep, drop))
+        x0_hat = predict_x0("flow", x_t, t, tok.decode(tokens, keep, x_t, t, drop))
         want = semantic_loss(student, tok, x0_hat[use], x0[use])
         everyone = semantic_loss(student, tok, x0_hat, x0)
     assert float(out["semantic"]) == pytest.approx(float(want), abs=1e-6)
@@ -202,7 +202,7 @@ def test_full_noise_regression_by_hand(prediction):
     noised("flow", x0, torch.randn_like(x0), u, prediction=target)
     noise = torch.randn_like(x0)
     with torch.no_grad():  # sigma = 1: x_t is the noise itself, x0_hat = noise - v (velocity) or the output
-        pred = tok.decoder_forward(noise, torch.ones(8), tokens, keep, drop)
+        pred = tok.decode(tokens, keep, noise, torch.ones(8), drop)
         x0_hat = noise - pred if target == "velocity" else pred
         err = (x0_hat - x0).pow(2).flatten(1).mean(1)
     assert 0 < int(drop.sum()) < 8
@@ -250,7 +250,7 @@ def test_repa_term_by_hand_and_its_gradients():
     u = sample_u(4, "logit_normal")
     x_t, t, _ = noised("flow", x0, torch.randn_like(x0), u)
     with torch.no_grad():
-        _, hidden = tok.decoder.forward_with_hidden(x_t, t, tokens, keep, drop, layer=1)
+        _, hidden = tok.decode_with_hidden(tokens, keep, x_t, t, drop, layer=1)
         ref = student.forward_features(student.normalize(tok.denormalize(x0)))[1]  # [4, 48, D]: p = 1
         ref = student_tokens_on_grid(student, ref, tok.config.grid)  # pooled to 2 x 6 patches
         want = (1 - F.cosine_similarity(task.projector(hidden), ref, dim=-1)).mean()
@@ -264,13 +264,13 @@ def test_repa_term_by_hand_and_its_gradients():
         _task(repa_weight=1.0, repa_layer=3)  # the decoder has 2 blocks
 
 
-def test_forward_with_hidden_matches_forward():
+def test_decode_with_hidden_matches_decode():
     task = _task()
     tok = task.tokenizer
     x = torch.randn(2, *SHAPE)
     tokens, keep, t = tok.encode(x), torch.tensor([1, 8]), torch.tensor([0.3, 0.9])
-    out, h0 = tok.decoder.forward_with_hidden(x, t, tokens, keep, None, layer=0)
-    torch.testing.assert_close(out, tok.decoder_forward(x, t, tokens, keep))
+    out, h0 = tok.decode_with_hidden(tokens, keep, x, t, None, layer=0)
+    torch.testing.assert_close(out, tok.decode(tokens, keep, x, t))
     assert h0.shape == (2, 12, 32)
 
 

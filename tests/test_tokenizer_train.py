@@ -13,13 +13,14 @@ from typer.testing import CliRunner
 
 from lostcli.cli import tokenizer as tokenizer_cli
 from lostcli.config import load_config
+from lostcli.data.latents import open_latents
 from lostcli.data.store import DatasetStore, ShardWriter
 from lostcli.errors import ConfigError, DataError
 from lostcli.models.flow import noised, predict_x0, sample_u
 from lostcli.models.lost import LoSTConfig, LoSTTokenizer, build_tokenizer
 from lostcli.models.rida import build_student
 from lostcli.train.tokenizer import (TokenizerObjectiveConfig, TokenizerRunConfig, TokenizerTask, build_task,
-                                     open_latents, semantic_loss)
+                                     semantic_loss)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = [4, 4, 12]  # a tiny triplane: three 4 x 4 planes side by side
@@ -144,7 +145,7 @@ def test_semantic_loss_values_and_gradients():
     torch.manual_seed(0)
     x0 = tok.normalize(z)
     x_t, t, _ = noised("flow", x0, torch.randn_like(x0), torch.full((6,), 0.5))
-    pred = tok.decoder_forward(x_t, t, tok.encode(x0), torch.full((6,), 8))
+    pred = tok.decode(tok.encode(x0), torch.full((6,), 8), x_t, t)
     semantic_loss(student, tok, predict_x0("flow", x_t, t, pred), x0).backward()
     assert task.tokenizer.decoder.final_layer.linear.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in student.parameters())
@@ -172,7 +173,7 @@ def test_semantic_batch_scores_the_first_n_samples():
     u = sample_u(8, "logit_normal", shift=1.0)
     x_t, t, _ = noised("flow", x0, torch.randn_like(x0), u)
     with torch.no_grad():
-        x0_hat = predict_x0("flow", x_t, t, tok.decoder_forward(x_t, t, tokens, keep, drop))
+        x0_hat = predict_x0("flow", x_t, t, tok.decode(tokens, keep, x_t, t, drop))
         first3 = float(semantic_loss(student, tok, x0_hat[:3], x0[:3]))
         all8 = float(semantic_loss(student, tok, x0_hat, x0))
     assert float(outs[1]["semantic"]) == pytest.approx(first3, abs=1e-6)
@@ -313,21 +314,24 @@ def test_cli_errors(store, rida_export, tmp_path):
 
 def test_killed_run_resumes_to_the_same_weights(store, rida_export, tmp_path):
     """Checkpoints carry the frozen student too; nested dropout after resume follows the epoch."""
-    from lostcli.train.loop import StopTraining, seed_everything, train
+    from conftest import Killed, kill_before_step
+    from lostcli.train.loop import seed_everything, train
 
     cfg = load_config(TokenizerRunConfig, REPO / "recipes" / "tiny" / "tokenizer.yaml",
                       [str(s) for s in COMMON[3::2]] + ["train.steps=5", "train.save_every=2", f"rida={rida_export}"])
     dataset, stats = open_latents(store)
 
-    def run(out: Path, **kw):
+    def run(out: Path, kill_at: int | None = None, **kw):
         seed_everything(cfg.train.seed)
         task = build_task(cfg, dataset, stats)
+        if kill_at is not None:
+            kill_before_step(task, kill_at)
         train(task, dataset, cfg.train, cfg.optim, out, progress=False, **kw)
         return LoSTTokenizer.from_pretrained(out).state_dict() if (out / "export").is_dir() else None
 
     whole = run(tmp_path / "whole")
-    with pytest.raises(StopTraining):
-        run(tmp_path / "cut", stop_after=3)  # killed after step 3; newest checkpoint: step 2
+    with pytest.raises(Killed):
+        run(tmp_path / "cut", kill_at=3)  # killed after step 3; newest checkpoint: step 2
     resumed = run(tmp_path / "cut", resume=True)
     for k, v in whole.items():
         torch.testing.assert_close(resumed[k], v, msg=k)

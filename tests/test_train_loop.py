@@ -13,10 +13,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from conftest import Killed, kill_before_step
 from lostcli.config import OptimConfig, TrainConfig
 from lostcli.errors import ConfigError, DataError
 from lostcli.train import state as st
-from lostcli.train.loop import StopTraining, Task, seed_everything, train
+from lostcli.train.loop import Task, seed_everything, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,9 +104,9 @@ def test_exact_resume_matches_uninterrupted_run(tmp_path):
     full = make_task(random=True)
     train(full, ds, cfg, ocfg(weight_decay=0.1), tmp_path / "a", progress=False)
 
-    part = make_task(random=True)
-    with pytest.raises(StopTraining):
-        train(part, ds, cfg, ocfg(weight_decay=0.1), tmp_path / "b", progress=False, stop_after=13)
+    part = kill_before_step(make_task(random=True), 13)  # dies after 13 steps
+    with pytest.raises(Killed):
+        train(part, ds, cfg, ocfg(weight_decay=0.1), tmp_path / "b", progress=False)
     assert [s for s, _ in st.list_checkpoints(tmp_path / "b")] == [5, 10]
     assert len(metric_rows(tmp_path / "b")) == 13  # steps 11..13 were logged but never saved
     with (tmp_path / "b" / "metrics.jsonl").open("a") as f:

@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 
 from lostcli.errors import CheckpointError
 from lostcli.latent.base import DiagonalGaussian, load_vae
-from lostcli.latent.checkpoint import load_strict
 from lostcli.latent.trellis import (
     PRESETS,
     ChannelLayerNorm32,
@@ -32,6 +31,7 @@ from lostcli.latent.trellis import (
     voxel_centers,
     voxelize,
 )
+from lostcli.persist import load_strict
 
 from conftest import shared_path  # noqa: E402
 

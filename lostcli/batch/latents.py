@@ -11,7 +11,7 @@ import torch
 
 from ..data.store import DatasetStore, ShardWriter
 from ..errors import DataError
-from ..latent.base import ShapeVAE
+from ..latent.base import ShapeVAE, encode_points_for
 
 TABLE = "latents"
 
@@ -21,12 +21,6 @@ class LatentsResult:
     done: int  # items encoded by this process in this run
     skipped: int  # items already in the table
     stats: dict | None  # per-channel statistics (rank 0 after finalize)
-
-
-def encode_points_for(vae: ShapeVAE) -> int:
-    """How many surface points the VAE was trained with (its run config), else a safe default."""
-    run = vae.extra_config.get("run", {}) if isinstance(vae.extra_config, dict) else {}
-    return int(run.get("loss", {}).get("points", 2048))
 
 
 @torch.no_grad()

@@ -15,8 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.store import DatasetStore, FailureLog, ShardWriter, atomic_write_json
+from ..data.store import DatasetStore, FailureLog, ShardWriter
 from ..errors import DataError
+from ..persist import atomic_write_json
 from ..pipeline import LostPipeline, Tokens, to_source_frame
 
 TABLE = "tokens"

@@ -3,6 +3,8 @@
 Reads in order: `config` (stage names, what each `--preset` maps to, `BenchConfig`), `measure` (`measure`,
 `PeakMemory`, `count_flops`, the bf16 peak table), `cases` (what each stage times) and `report` (the runner
 `run_bench` and the report writers; its docstring lists the fields of a row).
+
+Layer (README, Code layout): above `train` and `pipeline` (it times their steps); only `cli` imports it.
 """
 
 from .config import PRESETS, STAGES, BenchConfig, parse_ints, parse_stages, resolve_config

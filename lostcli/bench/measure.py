@@ -74,7 +74,8 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int, clock: Callable[[]
     """Call `fn` warmup times untimed, then `repeats` times timed one by one.
 
     Args:
-        clock: monotonic seconds (injectable for tests).
+        clock: the timer read around each call, like `timeit.Timer(timer=...)`: wall time by default,
+            e.g. `time.process_time` for this process's CPU time.
         sync: waits for queued device work (torch.cuda.synchronize) before each clock read.
     """
     sync = sync or (lambda: None)

@@ -66,7 +66,7 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -
     """
     cfg = resolve_config(cfg)
     if cfg.model is not None:  # a bad bundle fails before minutes of training rows, not after
-        from ..pipeline import read_bundle
+        from ..bundle import read_bundle
 
         read_bundle(cfg.model)
     device = torch.device(cfg.device)
@@ -161,7 +161,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     """Write OUT/bench.json and OUT/bench.md; returns their paths."""
-    from ..data.store import atomic_write_json
+    from ..persist import atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,9 @@ from typing import Annotated, Optional, TypeVar
 import typer
 from rich.console import Console
 
-from ..config import load_config, save_config
+from ..config import load_config
 from ..errors import ConfigError, LostError
+from ..persist import save_config
 
 T = TypeVar("T")
 

@@ -29,15 +29,10 @@ def demo(
     retrieval.json, gen.json, report.md) and samples in OUT/samples.
     Example: lost demo --out runs/demo
     """
-    from ..demo import DemoOptions, check_settings, find_recipes, read_record, run_demo
-    from ..errors import ConfigError
+    from ..demo import DemoOptions, check_start, run_demo
 
-    n = n if n is not None else (72 if quick else 1008)
-    if n <= 0 or (semantic_weight is not None and semantic_weight < 0) or jobs < 1:
-        raise ConfigError(f"--n and --jobs must be positive and --semantic-weight >= 0 (got {n}, {jobs}, "
-                          f"{semantic_weight})")
-    opts = DemoOptions(out=out, recipes=recipes or find_recipes(), n=n, quick=quick, semantic_weight=semantic_weight)
-    check_settings(opts, read_record(out))  # before the display starts: a mismatch is one clean line
+    opts = DemoOptions.make(out, n=n, quick=quick, semantic_weight=semantic_weight, recipes=recipes)
+    check_start(opts, jobs)  # before the display starts: a refusal is one clean line
     with _display(out) as show:
         result = run_demo(opts, progress=show, jobs=jobs)
     console.print(f"report:  {result.report}\nbundle:  {result.bundle}\nsamples: {result.samples} (grid.png, "

@@ -75,7 +75,7 @@ def recon(
     Example: lost eval recon --model bundle --data prepared --tokens 1,4,16,all --classifier runs/cls --out reports/recon
     """
     from ..errors import ConfigError
-    from ..eval.classifier import load_classifier
+    from ..models.classifier import load_classifier
     from ..eval.recon import ReconConfig, evaluate_recon, parse_tokens
     from ..pipeline import LostPipeline
     from .common import ProgressBar
@@ -92,7 +92,7 @@ def recon(
     cls = load_classifier(classifier_dir) if classifier_dir is not None else None
     feat = None
     if teacher is not None:
-        from ..models.teacher import load_teacher
+        from ..teachers import load_teacher
         feat = load_teacher(teacher)
     cfg = ReconConfig(split=split, ks=parse_tokens(tokens), steps=steps, guidance=guidance, resolution=resolution,
                       limit=limit, n_points=points, batch_size=batch_size, seed=seed, fd_network=fd_network)
@@ -197,7 +197,7 @@ def gen(
     Example: lost eval gen --model bundle --ref prepared --split test --cfg 1,3 --classifier runs/cls --out reports/gen
     Example: lost eval gen --model bundle --prompts prompts.txt --ref prepared --out reports/gen_mine
     """
-    from ..eval.classifier import load_classifier
+    from ..models.classifier import load_classifier
     from ..data.prompts import read_prompt_file
     from ..eval.gen import GenEvalConfig, evaluate_gen, parse_cfgs
     from ..pipeline import LostPipeline

@@ -39,8 +39,8 @@ def write_samples(result, out: Path, fmt: str, model_id: str, n: int, record: di
     """Write each sample's mesh, preview and tokens, then grid.png and generate.json; one record per sample."""
     from ..data.mesh import export_mesh
     from ..data.render import render_views, save_grid
-    from ..data.store import atomic_write_json
     from ..eval.gen import views_tile
+    from ..persist import atomic_write_json
     from ..pipeline import save_tokens
 
     samples, tiles, labels = [], [], []
@@ -85,7 +85,7 @@ def generate(
 
     Example: lost generate "a round table with a single pedestal leg" --model models/lost-tiny -n 4 --seed 0 --out gen
     """
-    from ..pipeline import LostPipeline, load_tokens
+    from ..pipeline import GenerateConfig, LostPipeline, load_tokens
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
@@ -95,8 +95,9 @@ def generate(
     t0 = time.time()
     pipe = LostPipeline.from_pretrained(model)
     first = load_tokens(prefix, pipeline=pipe) if prefix is not None else None
-    result = pipe.generate(texts, n=n, seed=seed, guidance=cfg, temperature=temperature, num_tokens=tokens,
-                           prefix=first, keep=keep, guidance_schedule=schedule, steps=steps, resolution=resolution)
+    config = GenerateConfig(guidance=cfg, temperature=temperature, guidance_schedule=schedule, num_tokens=tokens,
+                            steps=steps, resolution=resolution)
+    result = pipe.generate(texts, n=n, seed=seed, config=config, prefix=first, keep=keep)
     samples = write_samples(result, out, fmt, pipe.model_id, n,
                             {"model": str(model), "prompts": texts, "prefix": str(prefix) if prefix else None})
     empty = [str(r["index"]) for r in samples if r["empty"]]

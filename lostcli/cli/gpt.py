@@ -33,9 +33,9 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, model: BundleOpt
     """
     from accelerate import PartialState
 
+    from ..bundle import read_bundle
     from ..config import to_dict
-    from ..models.text import load_text_encoder
-    from ..pipeline import read_bundle
+    from ..teachers import load_text_encoder
     from ..train.gpt import (TEXT_DIR, GPTRunConfig, build_task, check_run, check_text_encoder, open_tokens,
                              prepare_data)
     from ..train.loop import seed_everything, train as run_train

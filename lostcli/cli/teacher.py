@@ -67,8 +67,8 @@ def evaluate(
     Example: lost teacher eval --teacher runs/teacher/export --data prepared --split test
     """
     from ..batch.features import teacher_retrieval
-    from ..data.store import atomic_write_json
-    from ..models.teacher import load_teacher
+    from ..persist import atomic_write_json
+    from ..teachers import load_teacher
     from .common import ProgressBar
 
     require_dir(data, "dataset")
@@ -111,7 +111,7 @@ def features(
 
     from ..batch.features import FeaturesConfig, extract_features, finalize_features
     from ..errors import ConfigError
-    from ..models.teacher import load_teacher
+    from ..teachers import load_teacher
     from .common import ProgressBar, process_info
 
     cli = {k: v for k, v in (("teacher", teacher), ("grid", grid), ("image_size", image_size),

@@ -31,7 +31,8 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, rida: RidaOpt = 
     """
     from ..config import to_dict
     from ..train.loop import seed_everything, train as run_train
-    from ..train.tokenizer import TokenizerRunConfig, build_task, check_run, open_latents
+    from ..data.latents import open_latents
+    from ..train.tokenizer import TokenizerRunConfig, build_task, check_run
     from .common import start_run
 
     cfg = resolve_config(TokenizerRunConfig, recipe, sets)

@@ -25,7 +25,7 @@ def tokenizer_export(
 
     Example: lost tokenizer export runs/tokenizer --vae runs/vae/export --out models/lost-tiny
     """
-    from ..pipeline import export_bundle
+    from ..bundle import export_bundle
 
     meta = export_bundle(run, vae, out, vae_preset=preset)
     console.print(f"bundle {out}: model id {meta['model_id'][:12]}, {meta['num_tokens']} tokens x "

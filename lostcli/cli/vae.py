@@ -80,7 +80,7 @@ def reconstruct(
     require_choice("--up", up, UP_AXES)
     require_out_file("--out", out, EXPORTABLE)
 
-    from ..batch.reconstruct import reconstruct_mesh
+    from ..eval.vae_roundtrip import reconstruct_mesh
 
     result = reconstruct_mesh(mesh, vae, out, preset=preset, resolution=resolution, threshold=threshold,
                               points=points, up=up, seed=seed)

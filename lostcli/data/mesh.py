@@ -13,7 +13,6 @@ Every problem with a file raises `MeshError` with one line that starts with the 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import ConfigError, DataError, MeshError
+from ..persist import atomic_write_bytes
 
 SUPPORTED = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off")
 EXPORTABLE = (".glb", ".obj", ".ply")
@@ -267,14 +267,7 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-            os.replace(tmp, path)  # readers never see a half-written file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, payload)  # readers never see a half-written file
     except OSError as e:
         raise MeshError(f"{path}: cannot write ({_one_line(e.strerror or e)})")
     return path

@@ -27,10 +27,11 @@ import numpy as np
 from .. import __version__
 from ..config import to_dict
 from ..errors import ConfigError, DataError, LostError
+from ..persist import atomic_write_json
 from .mesh import SUPPORTED, load_mesh, mesh_stats, normalize_mesh, up_rotation
 from .render import render_views
 from .sampling import OccupancyConfig, sample_occupancy, sample_surface
-from .store import ITEMS, SPLITS, DatasetStore, FailureLog, ShardWriter, atomic_write_json, iter_jsonl, read_json
+from .store import ITEMS, SPLITS, DatasetStore, FailureLog, ShardWriter, iter_jsonl, read_json
 
 METADATA = "metadata.jsonl"
 Progress = Callable[[int, int, str], None]  # (processed so far, to process, id just processed)
@@ -304,6 +305,33 @@ def _check_config(out: Path, cfg: PrepareConfig) -> None:
         )
 
 
+def _check_arguments(cfg: PrepareConfig, rank: int, world_size: int, workers: int) -> None:
+    """ConfigError on a share, worker count, shard size or up axis that `prepare_dataset` cannot use."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank/world_size: need 0 <= rank < world_size, got {rank}/{world_size}")
+    if workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {workers}")
+    if cfg.shard_size < 1:
+        raise ConfigError(f"shard_size: must be >= 1, got {cfg.shard_size}")
+    up_rotation(cfg.up)  # ConfigError on a bad axis, before any work
+
+
+def _still_to_prepare(store: DatasetStore, items: list[SourceItem]) -> tuple[list[SourceItem], int, int]:
+    """(items neither stored nor recorded as failed in their current version, stored ones, known failures)."""
+    done_ids = store.done_ids(ITEMS)
+    failed_before = {(f.get("source"), f.get("mtime_ns"), f.get("size")) for f in store.failures()}
+    todo: list[SourceItem] = []
+    skipped = known = 0
+    for item in items:
+        if item.id in done_ids:
+            skipped += 1
+        elif (item.source, *_file_signature(item.path)) in failed_before:
+            known += 1
+        else:
+            todo.append(item)
+    return todo, skipped, known
+
+
 def prepare_dataset(
     src: Path,
     out: Path,
@@ -328,13 +356,7 @@ def prepare_dataset(
             `out` was prepared with. Per-item problems are recorded, never raised.
     """
     cfg = cfg or PrepareConfig()
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank/world_size: need 0 <= rank < world_size, got {rank}/{world_size}")
-    if workers < 1:
-        raise ConfigError(f"workers: must be >= 1, got {workers}")
-    if cfg.shard_size < 1:
-        raise ConfigError(f"shard_size: must be >= 1, got {cfg.shard_size}")
-    up_rotation(cfg.up)  # ConfigError on a bad axis, before any work
+    _check_arguments(cfg, rank, world_size, workers)
     items = discover(Path(src), cfg.val_fraction, cfg.test_fraction)
     out = Path(out)
     try:
@@ -343,19 +365,7 @@ def prepare_dataset(
         raise DataError(f"{out}: cannot create the dataset folder ({e.strerror or e})") from None
     _check_config(out, cfg)
 
-    store = DatasetStore(out)
-    done_ids = store.done_ids(ITEMS)
-    failed_before = {(f.get("source"), f.get("mtime_ns"), f.get("size")) for f in store.failures()}
-    todo: list[SourceItem] = []
-    skipped = known = 0
-    for item in items[rank::world_size]:
-        if item.id in done_ids:
-            skipped += 1
-        elif (item.source, *_file_signature(item.path)) in failed_before:
-            known += 1
-        else:
-            todo.append(item)
-
+    todo, skipped, known = _still_to_prepare(DatasetStore(out), items[rank::world_size])
     log = FailureLog(out, rank)
     failed: list[dict] = []
     done = 0

@@ -35,6 +35,7 @@ import trimesh
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ConfigError, MeshError
+from ..persist import atomic_path
 
 try:  # Embree: ~100x faster than trimesh's numpy ray/triangle test
     from trimesh.ray.ray_pyembree import RayMeshIntersector as _Intersector
@@ -318,11 +319,6 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
 def _atomic_save_png(image: Image.Image, path: Path) -> Path:
     """Write to a temporary file beside ``path`` then rename, so readers never see a partial PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

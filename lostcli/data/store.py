@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..persist import atomic_write_json, atomic_write_text, json_default, publish, tmp_path_for
 
 STORE_VERSION = 1
 ITEMS = "items"
@@ -69,41 +70,9 @@ _OPEN_SHARDS = _open_shard_limit()
 # ----------------------------------------------------------------------------------------------------
 
 
-def _json_default(obj: Any) -> Any:
-    """Let records carry numpy scalars / small arrays and paths."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def dumps_line(obj: Any) -> str:
     """One compact JSON line (no trailing newline)."""
-    return json.dumps(obj, default=_json_default, separators=(",", ":"), ensure_ascii=False)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same directory and `os.replace`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    text = json.dumps(obj, default=_json_default, indent=2, ensure_ascii=False) + "\n"
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
+    return json.dumps(obj, default=json_default, separators=(",", ":"), ensure_ascii=False)
 
 
 def read_json(path: Path) -> Any:
@@ -225,7 +194,7 @@ class ShardWriter:
                 raise DataError(f"{self.folder}: item {id!r} array {key!r} has dtype object")
             clean[key] = a
         if self._zip is None:
-            self._tmp = self.folder / f".{self._shard_name()}.npz.tmp-{os.getpid()}"
+            self._tmp = tmp_path_for(self.folder / f"{self._shard_name()}.npz")
             self._zip = zipfile.ZipFile(self._tmp, "w", allowZip64=True)
         for key, a in clean.items():
             buf = io.BytesIO()
@@ -246,12 +215,9 @@ class ShardWriter:
             return
         assert self._tmp is not None
         self._zip.close()
-        with open(self._tmp, "rb+") as f:
-            os.fsync(f.fileno())
         name = self._shard_name()
-        os.replace(self._tmp, self.folder / f"{name}.npz")
-        text = "".join(dumps_line(r) + "\n" for r in self._records)
-        atomic_write_bytes(self.folder / f"{name}.jsonl", text.encode("utf-8"))
+        publish(self._tmp, self.folder / f"{name}.npz")
+        atomic_write_text(self.folder / f"{name}.jsonl", "".join(dumps_line(r) + "\n" for r in self._records))
         self.shards_written.append(f"{name}.npz")
         self._zip, self._tmp = None, None
         self._records, self._ids = [], set()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +35,7 @@ import trimesh
 
 from lostcli.data.shapes import GENERATORS, Draw, Facts, Generator, pick
 from lostcli.errors import ConfigError
+from lostcli.persist import atomic_write_bytes
 
 CATEGORIES: tuple[str, ...] = tuple(GENERATORS)
 DEFORM = 0.03  # default amplitude of the per-shape smooth deformation (object length 1); 0 turns it off
@@ -232,12 +232,6 @@ def item_split(category: str, i: int, cycle: Sequence[str]) -> str:
 # The dataset on disk
 # ----------------------------------------------------------------------------------------------
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _make_item(job: tuple[str, int, int, tuple[str, ...], float]) -> dict:
     """Generate item i, write its glb atomically, return its metadata record (runs in workers too)."""
     out, seed, i, cycle, deform = job
@@ -245,7 +239,7 @@ def _make_item(job: tuple[str, int, int, tuple[str, ...], float]) -> dict:
     shape = generate_shape(category, np.random.default_rng([seed, i]), deform)
     item_id = f"synth-{i:06d}"
     file = f"{item_id}.glb"
-    _write_atomic(Path(out) / file, shape.mesh.export(file_type="glb"))
+    atomic_write_bytes(Path(out) / file, shape.mesh.export(file_type="glb"), fsync=False)
     return {"id": item_id, "category": category, "caption": shape.caption,
             "split": item_split(category, i, cycle), "params": shape.params, "file": file}
 
@@ -289,5 +283,5 @@ def synth_dataset(out: Path, n: int, seed: int, splits: Sequence[float] = (0.8, 
                     progress(len(records), n)
     records.sort(key=lambda r: r["id"])
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    _write_atomic(out / "metadata.jsonl", lines.encode())
+    atomic_write_bytes(out / "metadata.jsonl", lines.encode(), fsync=False)
     return records

@@ -8,7 +8,7 @@ sizes. The feature network is named in every figure:
 - "inception": torchmetrics' Inception-v3 (FID proper), only when `torch-fidelity` is installed and its
   weights already sit in the torch hub cache (nothing is ever downloaded);
 - "classifier": the render classifier's penultimate features (global-average-pooled last stage);
-- any teacher spec (`models.teacher.load_teacher`): its global image embedding (e.g. the built-in teacher).
+- any teacher spec (`teachers.load_teacher`): its global image embedding (e.g. the built-in teacher).
 
 The figure is called "FD-<network>" unless the network is Inception ("FID").
 
@@ -136,7 +136,7 @@ def feature_network(spec: str, classifier: nn.Module | None = None,
             raise CheckpointError("--fd-network classifier: give the render classifier (--classifier) "
                                   "or name a teacher spec")
         return classifier_features(classifier)
-    from ..models.teacher import load_teacher
+    from ..teachers import load_teacher
 
     return teacher_features(load_teacher(spec, device=device))
 

@@ -6,7 +6,7 @@ dataset's captions by `data.prompts.synth_prompt_items`; a category the built-in
 is prompted with its shapes' own captions) and seeds (default 4 draws per prompt), one row per guidance
 scale: generate, decode, extract the mesh, render the 4 docs/protocols.md views and
 
-- class accuracy: the render classifier (`eval/classifier.py`, trained on the TRAIN split's renders) names
+- class accuracy: the render classifier (`models/classifier.py`, trained on the TRAIN split's renders) names
   the prompt's category from the view-averaged logits; a sample with no surface counts as wrong. Reported
   beside the classifier's own test accuracy on real renders and chance;
 - FD / KID (`eval/fd.py`) of the generated renders against the split's real renders (4 views per shape),
@@ -32,10 +32,13 @@ import numpy as np
 import torch
 
 from ..data.render import save_grid
-from ..data.store import DatasetStore, atomic_write_json
+from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
+from ..models.classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
+from ..persist import atomic_write_json
+from ..pipeline import GenerateConfig
 from .bootstrap import mean_change_interval
-from .classifier import LoadedClassifier, classifier_report, classify_views, label_indices, shape_probabilities
+from .classifier import classifier_report
 from .fd import RenderDistance, feature_network
 from .recon import _num, _render
 
@@ -204,6 +207,69 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
     if not records:
         raise DataError(f"{root}: no items in split {cfg.split!r}")
     _ = (pipe.gpt, pipe.text_encoder)  # a bundle without them fails before any work
+    ctx = _gen_context(pipe, store, records, cfg, classifier)
+
+    rows, samples, tiles, tile_labels, row_hits = [], [], [], [], []
+    for gi, g in enumerate(cfg.cfgs):
+        row, hits, row_samples, row_tiles, d = _guidance_row(pipe, ctx, gi, progress)
+        rows.append(row)
+        row_hits.append(hits)
+        samples += row_samples
+        for cat in ctx.grid_cats:
+            tile, label = row_tiles[cat]
+            tiles.append(tile)
+            tile_labels.append(f"cfg {g:g}: {label}")
+
+    add_class_acc_changes(rows, row_hits)
+    report = {
+        "rows": rows,
+        **classifier_report(classifier),
+        "fd_network": ctx.dist.features.name,
+        "fd_metric": ctx.dist.features.metric_name,
+        "fd_warning": d.warning,
+        "text_network": ctx.sim.name,
+        "real_text_sim": clip_summary(ctx.real_cos),
+        "reference": {"split": cfg.split, "shapes": d.shapes_real, "images": d.images_real,
+                      "render_size": ctx.real_size},
+        "kid_subset_size": d.kid_subset_size,
+        "command": command,
+        "protocol": "docs/protocols.md Generation: class accuracy of the 4-view render classifier (a sample with no "
+                    "surface counts as wrong); FD/KID of generated vs real renders, 4 views per shape; "
+                    "text-render similarity of the conditioning CLIP model (clip_score = 100 x max(cos, 0))",
+        "model_id": pipe.model_id,
+        "settings": _settings(pipe, cfg, ctx.size),
+        "prompts": [{"category": c, "prompt": p} for c, p in ctx.items],
+        "samples": samples,
+        "seconds": round(time.time() - t0, 2),
+    }
+    result = GenEvalResult(rows, report, seconds=time.time() - t0)
+    if out_dir is not None:
+        result.files = _write_files(Path(out_dir), report, tiles, tile_labels, ncols=len(ctx.grid_cats))
+    return result
+
+
+@dataclass
+class _GenContext:
+    """What every guidance row of a generation table shares."""
+
+    cfg: GenEvalConfig
+    items: list[tuple[str | None, str]]  # (category or None, prompt) per prompt
+    keys: list[str]  # group per prompt: its category, else the prompt itself
+    grid_cats: list[str]  # groups with a tile in each row of the grid (draw 0 of the group's first prompt)
+    first_prompt: dict[str, int]  # group -> index of its first prompt
+    classifier: LoadedClassifier | None
+    classes: list[str]  # the classifier's categories
+    labels: np.ndarray | None  # category index per prompt (-1: unknown to the classifier)
+    dist: RenderDistance  # FD / KID against the split's real renders
+    sim: TextRenderSimilarity
+    size: int  # render size of the generated shapes
+    real_size: int  # render size of the stored real renders
+    real_cos: list[float]  # text-render cosines of the real renders
+
+
+def _gen_context(pipe, store: DatasetStore, records: list[dict], cfg: GenEvalConfig,
+                 classifier: LoadedClassifier | None) -> _GenContext:
+    """The prompts, networks and real-render reference of a generation table, once per table."""
     items = cfg.prompts or category_prompts(records, cfg.prompts_per_category, cfg.prompt_seed)
     classes = classifier.model.categories if classifier is not None else []
     labels = label_indices([c for c, _ in items], classes) if classifier is not None else None
@@ -216,94 +282,86 @@ def evaluate_gen(pipe, root: str | Path, cfg: GenEvalConfig, classifier: LoadedC
         if c is not None:
             by_category.setdefault(c, []).append(i)
     real_size, real_cos = _reference(store, records, dist, sim, by_category)
-    size = cfg.render_size or real_size
     keys = [c if c is not None else p for c, p in items]  # a prompt without a category is its own group
-    grid_cats = list(dict.fromkeys(keys))[:MAX_GRID_TILES]  # one tile per group and row: draw 0 of its first prompt
-    first_prompt = {k: i for i, k in reversed(list(enumerate(keys)))}
+    return _GenContext(
+        cfg=cfg, items=items, keys=keys, grid_cats=list(dict.fromkeys(keys))[:MAX_GRID_TILES],
+        first_prompt={k: i for i, k in reversed(list(enumerate(keys)))}, classifier=classifier, classes=classes,
+        labels=labels, dist=dist, sim=sim, size=cfg.render_size or real_size, real_size=real_size,
+        real_cos=real_cos)
 
-    rows, samples, tiles, tile_labels, row_hits = [], [], [], [], []
-    chunks = list(range(0, len(items), cfg.batch_size))
-    total = len(chunks) * len(cfg.cfgs)
-    for gi, g in enumerate(cfg.cfgs):
-        dist.reset_fake()
-        hits, failures, n, cosines = [], 0, 0, []
-        row_tiles: dict[str, tuple[np.ndarray, str]] = {}
-        for ci, start in enumerate(chunks):
-            chunk = items[start:start + cfg.batch_size]
-            res = pipe.generate([p for _, p in chunk], n=cfg.seeds, seed=cfg.seed + start, guidance=g,
-                                temperature=cfg.temperature, num_tokens=cfg.num_tokens,
-                                guidance_schedule=cfg.guidance_schedule, steps=cfg.steps,
-                                resolution=cfg.resolution, decode_steps=cfg.decode_steps)
-            views = np.stack([_render(m, size) for m in res.meshes])  # [B, 4, S, S, 3], B = len(chunk) * seeds
-            dist.update(views, real=False)
-            cos = sim.score(views, [[start + b // cfg.seeds] for b in range(len(res.meshes))])
-            cosines += cos.tolist()
-            pred = (shape_probabilities(classify_views(classifier.model, views)).argmax(dim=-1).numpy()
-                    if classifier is not None else None)
-            for b, mesh in enumerate(res.meshes):
-                p = start + b // cfg.seeds  # prompt index
-                cat, failed, key = items[p][0], mesh is None, keys[p]
-                guess = classes[pred[b]] if pred is not None and not failed else None
-                if labels is not None and labels[p] >= 0:
-                    hits.append(bool(not failed and pred[b] == labels[p]))
-                samples.append({"cfg": g, "prompt": items[p][1], "category": cat, "draw": b % cfg.seeds,
-                                "seed": cfg.seed + start, "failed": failed, "predicted": guess,
-                                "text_sim": float(cos[b])})
-                failures += failed
-                n += 1
-                if key in grid_cats and p == first_prompt[key] and b % cfg.seeds == 0:
-                    verdict = "no surface" if failed else (f"-> {guess}" if guess is not None else "")
-                    row_tiles[key] = (views_tile(views[b], 64), f"{cat or key[:24]} {verdict}")
-            if progress:
-                progress(gi * len(chunks) + ci + 1, total, f"cfg {g}")
-        d = dist.compute()
-        row_hits.append(hits)
-        rows.append({"cfg": g, "class_acc": _num(np.mean(hits)) if hits else None, "fd": _num(d.fd),
-                     "kid": _num(d.kid) if d.kid is not None else None, "n": n,
-                     "kid_std": _num(d.kid_std) if d.kid_std is not None else None, "class_n": len(hits),
-                     **clip_summary(cosines), "failures": failures})
-        for cat in grid_cats:
-            tile, label = row_tiles[cat]
-            tiles.append(tile)
-            tile_labels.append(f"cfg {g:g}: {label}")
 
-    add_class_acc_changes(rows, row_hits)
-    report = {
-        "rows": rows,
-        **classifier_report(classifier),
-        "fd_network": features.name,
-        "fd_metric": features.metric_name,
-        "fd_warning": d.warning,
-        "text_network": sim.name,
-        "real_text_sim": clip_summary(real_cos),
-        "reference": {"split": cfg.split, "shapes": d.shapes_real, "images": d.images_real,
-                      "render_size": real_size},
-        "kid_subset_size": d.kid_subset_size,
-        "command": command,
-        "protocol": "docs/protocols.md Generation: class accuracy of the 4-view render classifier (a sample with no "
-                    "surface counts as wrong); FD/KID of generated vs real renders, 4 views per shape; "
-                    "text-render similarity of the conditioning CLIP model (clip_score = 100 x max(cos, 0))",
-        "model_id": pipe.model_id,
-        "settings": {"prompts_per_category": cfg.prompts_per_category, "seeds": cfg.seeds, "seed": cfg.seed,
-                     "prompt_seed": cfg.prompt_seed, "num_tokens": cfg.num_tokens or pipe.gpt_length,
-                     "temperature": cfg.temperature if cfg.temperature is not None else pipe.generation["temperature"],
-                     "guidance_schedule": cfg.guidance_schedule or pipe.generation["guidance_schedule"],
-                     "steps": cfg.steps, "decode_steps": cfg.decode_steps or pipe.sampling["steps"],
-                     "resolution": cfg.resolution, "render_size": size, "batch_size": cfg.batch_size},
-        "prompts": [{"category": c, "prompt": p} for c, p in items],
-        "samples": samples,
-        "seconds": round(time.time() - t0, 2),
-    }
-    result = GenEvalResult(rows, report, seconds=time.time() - t0)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "gen.json", report)
-        (out / "gen.md").write_text(render_markdown(report))
-        title = "one sample per category and guidance scale"
-        grid = save_grid(tiles, out / "gen_grid.png", labels=tile_labels, ncols=len(grid_cats), title=title)
-        result.files = [out / "gen.json", out / "gen.md", grid]
-    return result
+def _guidance_row(pipe, ctx: _GenContext, gi: int, progress: Callable | None):
+    """Generate, render and score every prompt at guidance scale cfg.cfgs[gi].
+
+    Returns:
+        (table row, classifier hits, per-sample records, {group: (grid tile, caption)}, the row's
+        `RenderDistance.compute()` result).
+    """
+    cfg, g = ctx.cfg, ctx.cfg.cfgs[gi]
+    ctx.dist.reset_fake()
+    hits, samples, cosines = [], [], []
+    row_tiles: dict[str, tuple[np.ndarray, str]] = {}
+    chunks = list(range(0, len(ctx.items), cfg.batch_size))
+    options = GenerateConfig(guidance=g, temperature=cfg.temperature, num_tokens=cfg.num_tokens,
+                             guidance_schedule=cfg.guidance_schedule, steps=cfg.steps, resolution=cfg.resolution,
+                             decode_steps=cfg.decode_steps)
+    for ci, start in enumerate(chunks):
+        chunk = ctx.items[start:start + cfg.batch_size]
+        res = pipe.generate([p for _, p in chunk], n=cfg.seeds, seed=cfg.seed + start, config=options)
+        views = np.stack([_render(m, ctx.size) for m in res.meshes])  # [B, 4, S, S, 3], B = len(chunk) * seeds
+        ctx.dist.update(views, real=False)
+        cos = ctx.sim.score(views, [[start + b // cfg.seeds] for b in range(len(res.meshes))])
+        cosines += cos.tolist()
+        _score_chunk(ctx, g, start, res.meshes, views, cos, hits, samples, row_tiles)
+        if progress:
+            progress(gi * len(chunks) + ci + 1, len(chunks) * len(cfg.cfgs), f"cfg {g}")
+    d = ctx.dist.compute()
+    failures = sum(s["failed"] for s in samples)
+    row = {"cfg": g, "class_acc": _num(np.mean(hits)) if hits else None, "fd": _num(d.fd),
+           "kid": _num(d.kid) if d.kid is not None else None, "n": len(samples),
+           "kid_std": _num(d.kid_std) if d.kid_std is not None else None, "class_n": len(hits),
+           **clip_summary(cosines), "failures": failures}
+    return row, hits, samples, row_tiles, d
+
+
+def _score_chunk(ctx: _GenContext, g: float, start: int, meshes: list, views: np.ndarray, cos: np.ndarray,
+                 hits: list[bool], samples: list[dict], row_tiles: dict[str, tuple[np.ndarray, str]]) -> None:
+    """Classify one generated chunk (prompts start.., `cfg.seeds` draws each) and append its hits, sample
+    records and grid tiles."""
+    cfg, classes, labels = ctx.cfg, ctx.classes, ctx.labels
+    pred = (shape_probabilities(classify_views(ctx.classifier.model, views)).argmax(dim=-1).numpy()
+            if ctx.classifier is not None else None)
+    for b, mesh in enumerate(meshes):
+        p = start + b // cfg.seeds  # prompt index
+        cat, failed, key = ctx.items[p][0], mesh is None, ctx.keys[p]
+        guess = classes[pred[b]] if pred is not None and not failed else None
+        if labels is not None and labels[p] >= 0:
+            hits.append(bool(not failed and pred[b] == labels[p]))
+        samples.append({"cfg": g, "prompt": ctx.items[p][1], "category": cat, "draw": b % cfg.seeds,
+                        "seed": cfg.seed + start, "failed": failed, "predicted": guess, "text_sim": float(cos[b])})
+        if key in ctx.grid_cats and p == ctx.first_prompt[key] and b % cfg.seeds == 0:
+            verdict = "no surface" if failed else (f"-> {guess}" if guess is not None else "")
+            row_tiles[key] = (views_tile(views[b], 64), f"{cat or key[:24]} {verdict}")
+
+
+def _settings(pipe, cfg: GenEvalConfig, size: int) -> dict:
+    """The report's "settings": the generation settings as used (None resolved to the bundle's defaults)."""
+    return {"prompts_per_category": cfg.prompts_per_category, "seeds": cfg.seeds, "seed": cfg.seed,
+            "prompt_seed": cfg.prompt_seed, "num_tokens": cfg.num_tokens or pipe.gpt_length,
+            "temperature": cfg.temperature if cfg.temperature is not None else pipe.generation["temperature"],
+            "guidance_schedule": cfg.guidance_schedule or pipe.generation["guidance_schedule"],
+            "steps": cfg.steps, "decode_steps": cfg.decode_steps or pipe.sampling["steps"],
+            "resolution": cfg.resolution, "render_size": size, "batch_size": cfg.batch_size}
+
+
+def _write_files(out: Path, report: dict, tiles: list[np.ndarray], labels: list[str], ncols: int) -> list[Path]:
+    """gen.json, gen.md and gen_grid.png (one sample per group and guidance scale) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "gen.json", report)
+    (out / "gen.md").write_text(render_markdown(report))
+    title = "one sample per category and guidance scale"
+    grid = save_grid(tiles, out / "gen_grid.png", labels=labels, ncols=ncols, title=title)
+    return [out / "gen.json", out / "gen.md", grid]
 
 
 # ----------------------------------------------------------------------------------------------------

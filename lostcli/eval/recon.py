@@ -28,10 +28,12 @@ import torch
 import trimesh
 
 from ..data.render import render_views, save_grid
-from ..data.store import DatasetStore, atomic_write_json
+from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
+from ..models.classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
+from ..persist import atomic_write_json
 from .bootstrap import DRAWS, mean_change_interval, median_intervals
-from .classifier import LoadedClassifier, classifier_report, classify_views, label_indices, shape_probabilities
+from .classifier import classifier_report
 from .fd import (RenderDistance, RenderFeatures, feature_network, local_inception_weights, small_sample_warning,
                  teacher_features)
 from .geometry import N_POINTS, failed_metrics, point_metrics, surface_points, surface_tree
@@ -256,12 +258,7 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
     records = store.records(split=None if cfg.split == "all" else cfg.split)[: cfg.limit or None]
     if not records:
         raise DataError(f"{root}: no items in split {cfg.split!r}")
-    ks = resolve_ks(cfg.ks, pipe.num_tokens)
-    dropped = sorted({int(k) for k in cfg.ks if k != "all" and int(k) > pipe.num_tokens})
-    other_ks = resolve_ks(cfg.ks, compare[1].num_tokens) if compare is not None else []
-    if compare is not None and list(compare[1].vae.latent_shape) != list(pipe.vae.latent_shape):
-        raise ConfigError(f"--compare {compare[0]}: its shape VAE's latent {list(compare[1].vae.latent_shape)} is "
-                          f"not this bundle's {list(pipe.vae.latent_shape)}")
+    ks, other_ks, dropped = _prefix_lengths(pipe, cfg, compare)
     names = [*ks, *REFERENCE_ROWS, *(compare_name(compare[0], k) for k in other_ks)]
     rows = {name: _Row(name) for name in names}
     ctx = _context(pipe, store, records, cfg, classifier, teacher)
@@ -300,10 +297,7 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
                     "figure); medians over shapes (chamfer over non-failed reconstructions)",
         "split": cfg.split, "n": len(records), "model_id": pipe.model_id, "num_tokens": pipe.num_tokens,
         "dropped_ks": dropped,  # asked for, but longer than the model's R
-        "settings": {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "resolution": cfg.resolution,
-                     "points_per_surface": cfg.n_points, "encoder_points": pipe.num_points, "seed": cfg.seed,
-                     "batch_size": cfg.batch_size, "render_size": ctx.size,
-                     "scheduler": pipe.sampling.get("scheduler")},
+        "settings": _settings(pipe, cfg, ks, ctx.size),
         "mean_latent": ctx.mean_info,
         "seconds": {"decode": round(t_decode, 2), "measure": round(t_measure, 2), "total": round(time.time() - t0, 2)},
     }
@@ -314,6 +308,25 @@ def evaluate_recon(pipe, root: str | Path, cfg: ReconConfig, classifier: LoadedC
     if out_dir is not None:
         result.files = write_report(result, rows, Path(out_dir))
     return result
+
+
+def _prefix_lengths(pipe, cfg: ReconConfig, compare: tuple[str, Any] | None) -> tuple[list[int], list[int], list[int]]:
+    """(this bundle's prefix lengths, the compared bundle's, the asked-for lengths above this bundle's R);
+    ConfigError when the compared bundle decodes another shape VAE's latents."""
+    ks = resolve_ks(cfg.ks, pipe.num_tokens)
+    dropped = sorted({int(k) for k in cfg.ks if k != "all" and int(k) > pipe.num_tokens})
+    other_ks = resolve_ks(cfg.ks, compare[1].num_tokens) if compare is not None else []
+    if compare is not None and list(compare[1].vae.latent_shape) != list(pipe.vae.latent_shape):
+        raise ConfigError(f"--compare {compare[0]}: its shape VAE's latent {list(compare[1].vae.latent_shape)} is "
+                          f"not this bundle's {list(pipe.vae.latent_shape)}")
+    return ks, other_ks, dropped
+
+
+def _settings(pipe, cfg: ReconConfig, ks: list[int], size: int) -> dict:
+    """The report's "settings": what was decoded and measured, and how."""
+    return {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "resolution": cfg.resolution,
+            "points_per_surface": cfg.n_points, "encoder_points": pipe.num_points, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")}
 
 
 def _context(pipe, store: DatasetStore, records: list[dict], cfg: ReconConfig, classifier: LoadedClassifier | None,

@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.store import DatasetStore, atomic_write_json
+from ..data.latents import LATENTS, require_latents
+from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.flow import noised, predict_x0, sample_latents
-from ..train.tokenizer import LATENTS, require_latents
+from ..persist import atomic_write_json
 from .recon import resolve_ks
 
 RIDGE_LAMBDAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -184,7 +185,7 @@ def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_
         for i in range(0, len(x), cfg.batch_size):
             sl = slice(i, i + cfg.batch_size)
             keep = torch.full((len(x[sl]),), k, device=device)
-            pred = tok.decoder_forward(x_t[sl], t[sl], tokens[sl], keep, torch.zeros_like(keep, dtype=torch.bool))
+            pred = tok.decode(tokens[sl], keep, x_t[sl], t[sl], torch.zeros_like(keep, dtype=torch.bool))
             post.append(predict_x0(kind, x_t[sl], t[sl], pred, prediction=pred_kind))
         row = {"k": k, "probe_nmse": p_nmse, "probe_lambda": lam, "kernel_nmse": k_nmse,
                "kernel_lambda": kernel["lambda"], "kernel_width": kernel["width"],

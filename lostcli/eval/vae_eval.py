@@ -18,11 +18,10 @@ import numpy as np
 import torch
 import trimesh
 
-from ..batch.latents import encode_points_for
 from ..data.render import render_views, save_grid
 from ..data.store import DatasetStore
 from ..errors import DataError
-from ..latent.base import ShapeVAE
+from ..latent.base import ShapeVAE, encode_points_for
 from .geometry import N_POINTS, point_metrics, surface_points
 
 

@@ -21,12 +21,9 @@ import trimesh
 
 from ..config import from_dict, to_dict
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import load_strict, read_state_dict, save_model_folder
+from ..persist import CONFIG_NAME, WEIGHTS_NAME, Pretrained, load_strict, read_state_dict
 from .extract import extract_mesh
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-_RESERVED = ("class", "preset", "config")  # top-level config.json keys owned by save_pretrained
 
 # ----------------------------------------------------------------------------------------------------
 # Posterior
@@ -69,7 +66,7 @@ class DiagonalGaussian:
 # ----------------------------------------------------------------------------------------------------
 
 
-class ShapeVAE(nn.Module):
+class ShapeVAE(nn.Module, Pretrained):
     """Base of every shape VAE: point cloud -> latent grid [C, H, W] -> occupancy logits -> mesh.
 
     Subclasses set `config_class` and `presets`, build themselves from one config dataclass, and
@@ -149,20 +146,29 @@ class ShapeVAE(nn.Module):
 
     # -- persistence ----------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
-        """Write `config.json` (class, preset, config, extras) and `model.safetensors` into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        extra = {**self.extra_config, **(extra_config or {})}
-        clash = [k for k in extra if k in _RESERVED]
-        if clash:
-            raise ConfigError(f"{directory}: extra_config may not use the reserved keys {clash}")
-        meta = {"class": _registered_name(type(self)), "preset": self.preset, "config": to_dict(self.config)}
-        meta.update(extra)
-        return save_model_folder(directory, self, meta)
+    # `save_pretrained` (`Pretrained`): config.json {"class": the registered name, "preset", "config", extras}
+    pretrained_what = "shape VAE"
+
+    @classmethod
+    def pretrained_class(cls) -> str:
+        return _registered_name(cls)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> ShapeVAE:
+        """`load_vae(path)`: a saved VAE folder of any registered class (or of `cls` when called on a subclass)."""
+        vae = load_vae(path, device=device)
+        if not isinstance(vae, cls):
+            raise CheckpointError(f"{path}: holds a {type(vae).__name__}, not a {cls.__name__}")
+        return vae
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def encode_points_for(vae: ShapeVAE) -> int:
+    """How many surface points the VAE was trained with (its run config), else a safe default."""
+    run = vae.extra_config.get("run", {}) if isinstance(vae.extra_config, dict) else {}
+    return int(run.get("loss", {}).get("points", 2048))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,7 +264,7 @@ def load_vae(
         except ConfigError as e:
             raise CheckpointError(f"{folder / CONFIG_NAME}: {e}") from None
         vae.preset = meta.get("preset")
-        vae.extra_config = {k: v for k, v in meta.items() if k not in _RESERVED}
+        vae.extra_config = {k: v for k, v in meta.items() if k not in ShapeVAE.pretrained_keys}
     else:
         if class_name is None or preset is None:
             raise CheckpointError(

@@ -75,7 +75,7 @@ def check_checkpoint(path: str | Path, preset: str) -> dict:
     """
     import torch
 
-    from .checkpoint import compare_state_dict, read_state_dict
+    from ..persist import compare_state_dict, read_state_dict
 
     path = Path(path)
     if not path.exists():

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..persist import load_strict, read_state_dict
 from .base import DiagonalGaussian, ShapeVAE, register_vae
-from .checkpoint import load_strict, read_state_dict
 
 # ----------------------------------------------------------------------------------------------------
 # Layers (names and maths as in TRELLIS's modules/norm.py, modules/spatial.py, sparse_structure_vae.py)
@@ -152,7 +152,26 @@ def _convs_to(module: nn.Module, dtype: torch.dtype) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-class SparseStructureEncoder(nn.Module):
+class _HalfConvs(nn.Module):
+    """The release's precision switch, shared by encoder and decoder: convs of `blocks` and `middle_block`."""
+
+    blocks: nn.ModuleList
+    middle_block: nn.Module
+
+    def convert_to_fp16(self) -> None:
+        """Half-precision convs in `blocks` and `middle_block` (the release layout)."""
+        self.use_fp16, self.dtype = True, torch.float16
+        _convs_to(self.blocks, torch.float16)
+        _convs_to(self.middle_block, torch.float16)
+
+    def convert_to_fp32(self) -> None:
+        """Undo `convert_to_fp16`."""
+        self.use_fp16, self.dtype = False, torch.float32
+        _convs_to(self.blocks, torch.float32)
+        _convs_to(self.middle_block, torch.float32)
+
+
+class SparseStructureEncoder(_HalfConvs):
     """Occupancy [B, in, R, R, R] -> posterior moments [B, latent, R/2^L, ...] (L = len(channels) - 1)."""
 
     def __init__(
@@ -186,18 +205,6 @@ class SparseStructureEncoder(nn.Module):
         if use_fp16:
             self.convert_to_fp16()
 
-    def convert_to_fp16(self) -> None:
-        """Half-precision convs in `blocks` and `middle_block` (the release layout)."""
-        self.use_fp16, self.dtype = True, torch.float16
-        _convs_to(self.blocks, torch.float16)
-        _convs_to(self.middle_block, torch.float16)
-
-    def convert_to_fp32(self) -> None:
-        """Undo `convert_to_fp16`."""
-        self.use_fp16, self.dtype = False, torch.float32
-        _convs_to(self.blocks, torch.float32)
-        _convs_to(self.middle_block, torch.float32)
-
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Occupancy [B, in, R, R, R] -> (mean, logvar), each [B, latent, S, S, S] in x's dtype."""
         h = self.input_layer(x)
@@ -217,7 +224,7 @@ class SparseStructureEncoder(nn.Module):
         return (z, mean, logvar) if return_raw else z
 
 
-class SparseStructureDecoder(nn.Module):
+class SparseStructureDecoder(_HalfConvs):
     """Latent [B, latent, S, S, S] -> occupancy logits [B, out, S*2^L, ...] (L = len(channels) - 1)."""
 
     def __init__(
@@ -251,18 +258,6 @@ class SparseStructureDecoder(nn.Module):
         )
         if use_fp16:
             self.convert_to_fp16()
-
-    def convert_to_fp16(self) -> None:
-        """Half-precision convs in `blocks` and `middle_block` (the release layout)."""
-        self.use_fp16, self.dtype = True, torch.float16
-        _convs_to(self.blocks, torch.float16)
-        _convs_to(self.middle_block, torch.float16)
-
-    def convert_to_fp32(self) -> None:
-        """Undo `convert_to_fp16`."""
-        self.use_fp16, self.dtype = False, torch.float32
-        _convs_to(self.blocks, torch.float32)
-        _convs_to(self.middle_block, torch.float32)
 
     def forward(self, z: Tensor) -> Tensor:
         """Latent [B, latent, S, S, S] -> logits [B, out, R, R, R] in z's dtype."""

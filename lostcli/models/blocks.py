@@ -9,6 +9,8 @@ CPU and picks the fused kernels on a GPU; masks are boolean with True meaning "m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -44,32 +46,40 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear (`approximate="tanh"` is DiT's GELU, "none" is ViT's)."""
+    """Linear -> GELU -> (dropout) -> Linear (`approximate="tanh"` is DiT's GELU, "none" is ViT's)."""
 
-    def __init__(self, dim: int, hidden: int, out: int | None = None, approximate: str = "none") -> None:
+    def __init__(self, dim: int, hidden: int, out: int | None = None, approximate: str = "none",
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate=approximate)
+        self.drop = nn.Dropout(dropout)  # on the hidden activations, training only (a no-op at 0)
         self.fc2 = nn.Linear(hidden, out or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
 class Block(nn.Module):
-    """Pre-LN ViT block: x + attn(norm(x), mask), then x + mlp(norm(x))."""
+    """Pre-LN ViT block: x + drop(attn(norm(x), mask)), then x + drop(mlp(norm(x))).
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    `norm_eps` is the LayerNorm eps (ViT/DiT's 1e-6 by default; the RIDA student keeps torch's 1e-5) and
+    `dropout` drops the residual branches and the MLP hidden activations in training (0: none).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = LN_EPS,
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, N, D], mask [N, N] bool or None -> [B, N, D]."""
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop(self.attn(self.norm1(x), mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,3 +222,21 @@ def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
         raise ConfigError(f"width {dim} must be divisible by 4 for the 2-D sine-cosine position embedding")
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     return torch.cat([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], dim=1)  # [h*w, dim]
+
+
+@torch.no_grad()
+def map_views(module: nn.Module, images: torch.Tensor, fn: Callable[[torch.Tensor], Any],
+              batch_size: int) -> tuple[list[Any], int, int]:
+    """Run `fn` over every view of uint8 renders [N, V, H, W, 3], `batch_size` images at a time, with `module`
+    in eval mode (its training flag is restored afterwards). Returns (outputs per chunk, N, V)."""
+    if images.dtype != torch.uint8 or images.dim() != 5 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 views [N, V, H, W, 3], got {images.dtype} {tuple(images.shape)}")
+    N, V = images.shape[:2]
+    flat = images.reshape(N * V, *images.shape[2:])
+    was_training = module.training
+    module.eval()
+    try:
+        outs = [fn(flat[i:i + batch_size]) for i in range(0, N * V, batch_size)]
+    finally:
+        module.train(was_training)
+    return outs, N, V

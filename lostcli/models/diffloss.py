@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .blocks import LN_EPS, TimestepEmbedder, xavier_init_linears
-from .flow import KINDS, make_scheduler, noised, sample_u
+from .flow import KINDS, guided_sample, make_scheduler, noised, sample_u
 
 TIME_SCALE = 1000.0  # t01 in [0, 1] -> the 0..1000 scale the sinusoidal time features are made for
 TIME_SAMPLING = "uniform"  # training times: uniform over (0, 1), as MAR draws timesteps and SiT draws t
@@ -166,7 +166,7 @@ class DiffLoss(nn.Module):
 
         Args:
             cond: [N, C] when guidance == 1; otherwise [2N, C] = [cond ; uncond], and every step mixes
-                out_u + guidance (out_c - out_u) (both halves see the same x_t).
+                out_u + guidance (out_c - out_u) (both halves see the same x_t; `flow.guided_sample`).
             temperature: scales the starting noise (0 = the deterministic mode-seeking draw).
             guidance: classifier-free guidance scale (1 = none).
             steps: sampler steps (default `config.sample_steps`).
@@ -187,15 +187,5 @@ class DiffLoss(nn.Module):
         x = torch.randn(N, cfg.token_dim, generator=generator, device=where).to(device) * temperature  # [N, D]
         scheduler = make_scheduler(cfg.scheduler, cfg.num_train_timesteps, for_sampling=True)
         scheduler.set_timesteps(steps, device=device)
-        for i, t in enumerate(scheduler.timesteps):
-            if cfg.scheduler == "flow":
-                t01 = scheduler.sigmas[i].to(device=device, dtype=torch.float32)  # sigma of this step
-            else:
-                t01 = t.to(device=device, dtype=torch.float32) / cfg.num_train_timesteps
-            if guided:
-                out_c, out_u = self.net(torch.cat([x, x]), t01.expand(2 * N), cond).float().chunk(2)
-                out = out_u + guidance * (out_c - out_u)
-            else:
-                out = self.net(x, t01.expand(N), cond).float()
-            x = scheduler.step(out, t, x).prev_sample
-        return x
+        return guided_sample(lambda x_in, t01, _: self.net(x_in, t01, cond), x, scheduler, cfg.scheduler, guidance,
+                             cfg.num_train_timesteps)

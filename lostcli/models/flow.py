@@ -24,7 +24,7 @@ for "ddpm" (the decoder multiplies it by `LoSTConfig.time_scale`), identically i
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
@@ -177,6 +177,47 @@ def predict_x0(kind: str, x_t: torch.Tensor, t01: torch.Tensor, pred: torch.Tens
 # ----------------------------------------------------------------------------------------------------
 
 
+Denoiser = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+def guided_sample(denoise: Denoiser, x: torch.Tensor, scheduler: Any, kind: str, guidance: float,
+                  num_train_timesteps: int = 1000, x0_prediction: bool = False) -> torch.Tensor:
+    """Run a sampler from the starting noise x with classifier-free guidance (the decoder's and the GPT
+    head's sampling loop).
+
+    Each step calls `denoise(x_in, t01_in, guided)`: guided (guidance != 1) with x_in = [x ; x] and t01_in
+    [2B], where the callee conditions the first half and leaves the second unconditioned, and the step mixes
+    out = out_u + guidance (out_c - out_u) in float32; guidance 1 runs the conditional pass alone
+    (x_in = x, t01_in [B], guided False).
+
+    Args:
+        denoise: the network with its condition bound, as above.
+        x: starting noise [B, ...] (on the device the steps run on).
+        scheduler: a sampling scheduler from `make_scheduler`, its timesteps already set.
+        kind: "flow" (t01 = the step's sigma) or "ddpm" (t01 = timestep / num_train_timesteps).
+        x0_prediction: "flow" only: the network predicts x0, turned into the velocity the Euler step takes.
+
+    Returns:
+        the sample, shaped as x.
+    """
+    device, B = x.device, x.shape[0]
+    guided = guidance != 1.0
+    for i, t in enumerate(scheduler.timesteps):
+        if kind == "flow":
+            t01 = scheduler.sigmas[i].to(device=device, dtype=torch.float32)  # sigma of this step
+        else:
+            t01 = t.to(device=device, dtype=torch.float32) / num_train_timesteps
+        if guided:  # [cond ; uncond] batched together, both halves at the same x_t
+            out_c, out_u = denoise(torch.cat([x, x]), t01.expand(2 * B), True).float().chunk(2)
+            out = out_u + guidance * (out_c - out_u)
+        else:
+            out = denoise(x, t01.expand(B), False).float()
+        if x0_prediction:  # x0 -> the velocity the Euler step takes
+            out = (x - out) / t01.clamp(min=1e-6)
+        x = scheduler.step(out, t, x).prev_sample
+    return x
+
+
 @torch.no_grad()
 def sample_latents(
     tokenizer: LoSTTokenizer,
@@ -194,7 +235,7 @@ def sample_latents(
     Each step evaluates the conditional and the unconditional (all-null) condition in one batch and mixes
     out = out_u + guidance (out_c - out_u) in the decoder's own target space (velocity, epsilon or x0: the
     mix is the same affine combination in each, since they are affine in one another at fixed x_t and t);
-    guidance 1 runs the conditional pass alone.
+    guidance 1 runs the conditional pass alone (the loop is `guided_sample`).
 
     Args:
         tokenizer: a `LoSTTokenizer`; `config.prediction` says what its decoder outputs.
@@ -224,22 +265,13 @@ def sample_latents(
     x = torch.randn(B, *tokenizer.config.latent_shape, generator=generator, device=where).to(device)
     scheduler = make_scheduler(kind, num_train_timesteps, for_sampling=True, shift=shift, prediction=prediction)
     scheduler.set_timesteps(steps, device=device)
-    guided = guidance != 1.0
-    if guided:  # [cond ; null] batched together
-        cond2, keep2 = torch.cat([tokens, tokens]), torch.cat([keep, keep])
-        drop2 = torch.arange(2 * B, device=device) >= B  # [2B]: False for the cond half, True for the null half
-    for i, t in enumerate(scheduler.timesteps):
-        if kind == "flow":
-            t01 = scheduler.sigmas[i].to(device=device, dtype=torch.float32)  # sigma of this step
-        else:
-            t01 = t.to(device=device, dtype=torch.float32) / num_train_timesteps
+    cond2, keep2 = torch.cat([tokens, tokens]), torch.cat([keep, keep])  # [cond ; null] for guided steps
+    drop2 = torch.arange(2 * B, device=device) >= B  # [2B]: False for the cond half, True for the null half
+
+    def denoise(x_in: torch.Tensor, t01: torch.Tensor, guided: bool) -> torch.Tensor:
         if guided:
-            out = tokenizer.decoder_forward(torch.cat([x, x]), t01.expand(2 * B), cond2, keep2, drop2)
-            out_c, out_u = out.float().chunk(2)
-            out = out_u + guidance * (out_c - out_u)
-        else:
-            out = tokenizer.decoder_forward(x, t01.expand(B), tokens, keep).float()
-        if kind == "flow" and prediction == "sample":  # x0 -> the velocity the Euler step takes
-            out = (x - out) / t01.clamp(min=1e-6)
-        x = scheduler.step(out, t, x).prev_sample
-    return x
+            return tokenizer.decode(cond2, keep2, x_in, t01, drop2)
+        return tokenizer.decode(tokens, keep, x_in, t01)
+
+    return guided_sample(denoise, x, scheduler, kind, guidance, num_train_timesteps,
+                         x0_prediction=kind == "flow" and prediction == "sample")

@@ -14,7 +14,6 @@ i. RoPE angles are the sequence positions, so the prefix (position 0) is not rot
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 
 from ..config import check_preset, from_dict, to_dict
 from ..errors import ConfigError
-from ..latent.checkpoint import load_model_folder, save_model_folder
+from ..persist import Pretrained
 from .diffloss import DiffLoss, DiffLossConfig
 
 CONFIG_NAME = "config.json"
@@ -174,7 +173,7 @@ class TransformerBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-class LoSTGPT(nn.Module):
+class LoSTGPT(nn.Module, Pretrained):
     """Text-conditioned autoregressive model over continuous tokens; saved as config.json + model.safetensors."""
 
     def __init__(self, config: GPTConfig, preset: str | None = None) -> None:
@@ -255,13 +254,14 @@ class LoSTGPT(nn.Module):
         x = torch.cat([prefix, self.x_embedder(tokens[:, :-1])], dim=1)  # [B, L', W]
         return self._run(x)
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor,
-                drop: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Training loss: tokens [B, L', token_dim], cond [B, cond_dim], drop [B] bool (None: drawn with
-        P = `cond_drop_prob` from the global RNG) -> {"loss", "drop_frac"}."""
+    def sample_drop(self, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """CFG dropout flags [B] bool, each True with probability `cond_drop_prob` (global RNG)."""
+        return torch.rand(batch_size, device=device) < self.config.cond_drop_prob
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training loss: tokens [B, L', token_dim], cond [B, cond_dim], drop [B] bool (True: that sample
+        sees the null condition; training draws it with `sample_drop`) -> {"loss", "drop_frac"}."""
         B, Lp, D = tokens.shape
-        if drop is None:
-            drop = torch.rand(B, device=tokens.device) < self.config.cond_drop_prob
         h = self.hidden(tokens, cond, drop)  # [B, L', W]
         loss = self.diffloss(tokens.reshape(B * Lp, D), h.reshape(B * Lp, -1))
         return {"loss": loss, "drop_frac": drop.float().mean()}
@@ -327,20 +327,9 @@ class LoSTGPT(nn.Module):
 
     # -- persistence --------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
-        """Write `config.json` (class, preset, config, extras) and `model.safetensors`."""
-        meta = {"class": type(self).__name__, "preset": self.preset, "config": to_dict(self.config),
-                **self.extra_config, **(extra_config or {})}
-        return save_model_folder(directory, self, meta)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> LoSTGPT:
-        """Load an export folder, or a run directory holding `export/`; returned in eval mode.
-
-        Raises:
-            CheckpointError: missing/unreadable files, or weights that do not fit the config exactly.
-        """
-        return load_model_folder(cls, path, GPTConfig, "LoST-GPT", device)
+    # `save_pretrained` / `from_pretrained` (an export folder or a run directory holding `export/`): `Pretrained`
+    config_class = GPTConfig
+    pretrained_what = "LoST-GPT"
 
 
 # ----------------------------------------------------------------------------------------------------

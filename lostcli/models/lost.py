@@ -22,7 +22,6 @@ position embedding tells the planes apart by column). R registers give R tokens 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,12 +31,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import check_preset, from_dict, to_dict
 from ..errors import ConfigError
-from ..latent.checkpoint import load_model_folder, save_model_folder
+from ..persist import Pretrained
 from .blocks import (LN_EPS, Block, DiTBlock, FinalLayer, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify,
                      xavier_init_linears)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 TOKEN_EPS = 1e-6  # per-token standardisation: (x - mean) / sqrt(var + eps), biased var over channels
 PREDICTIONS = ("velocity", "epsilon", "sample")
 KEEP_MODES = ("pow2", "uniform")  # how nested dropout draws the kept prefix length  # what the decoder output means (read by the training task)
@@ -63,7 +60,7 @@ class LoSTConfig:
     mlp_ratio: float = 4.0  # MLP hidden width / width, encoder and decoder
     cfg_drop_prob: float = 0.1  # P(whole condition -> null tokens) per training sample (CFG)
     prediction: str = "velocity"  # decoder target: "velocity" (flow matching), "epsilon" or "sample" (x0)
-    time_scale: float = 1000.0  # floating t in [0, 1] is multiplied by this; integer timesteps are used as-is
+    time_scale: float = 1000.0  # the [0, 1] time is multiplied by this (timesteps=True: used as they are)
     # std at init of the encoder's learned register inputs and of the decoder's register position embeddings.
     # Beside O(1) sin-cos patch positions, 0.02 (timm's) makes every register attend alike, so the R tokens start
     # as near-copies (cosine 0.98) and the decoder cannot tell them apart; 0.5 starts them apart (0.66)
@@ -224,25 +221,29 @@ class LoSTDecoder(nn.Module):
             block.zero_init()  # adaLN-Zero: every block starts as the identity
         self.final_layer.zero_init()  # the decoder outputs 0 at init
 
-    def time_input(self, t: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """t: [B] or scalar, floating in [0, 1] (scaled by `time_scale`) or integer timesteps -> float [B].
+    def time_input(self, t: torch.Tensor, batch_size: int, timesteps: bool = False) -> torch.Tensor:
+        """t: [B] or scalar -> float [B] on the 0..time_scale scale the time embedding reads.
 
-        Floating t must be the [0, 1] time (flow-matching sigma): diffusers' FlowMatchEulerDiscreteScheduler
-        timesteps are floats on the 0..1000 scale, so pass `timestep / 1000` (or the sigma), not the timestep.
+        timesteps False: t is the floating [0, 1] time (flow-matching sigma, or timestep / T), multiplied by
+        `time_scale`. diffusers' FlowMatchEulerDiscreteScheduler timesteps are floats on the 0..1000 scale,
+        so pass `timestep / 1000` (or the sigma), not the timestep. timesteps True: t already holds timesteps
+        on the 0..time_scale scale (e.g. integers 0..999) and is used as it is.
         """
         t = t.expand(batch_size) if t.dim() == 0 else t
-        return t * self.config.time_scale if t.is_floating_point() else t.float()
+        if timesteps:
+            return t.float()
+        if not t.is_floating_point():
+            raise ValueError(f"t: integer {t.dtype} times; pass the [0, 1] time, or timesteps=True for timesteps")
+        return t * self.config.time_scale
 
-    def condition(
-        self, cond: torch.Tensor, keep: torch.Tensor, drop_cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def condition(self, cond: torch.Tensor, keep: torch.Tensor, drop_cond: torch.Tensor) -> torch.Tensor:
         """The condition the decoder sees, [B, R, token_dim]: null tokens at positions >= keep, and everywhere
         for samples with drop_cond.
 
         Args:
             cond: tokens [B, K, token_dim], K <= R (a prefix is padded with null tokens).
             keep: [B] (or scalar) integer prefix lengths k; positions >= k become null tokens.
-            drop_cond: [B] bool or None; True replaces the whole condition of that sample (CFG).
+            drop_cond: [B] bool; True replaces the whole condition of that sample (CFG).
         """
         B, K, T = cond.shape
         R = self.config.num_registers
@@ -253,45 +254,32 @@ class LoSTDecoder(nn.Module):
             cond = torch.cat([cond, null[K:].expand(B, -1, -1)], dim=1)  # [B, R, T]
         keep = keep.expand(B) if keep.dim() == 0 else keep
         dropped = torch.arange(R, device=cond.device)[None] >= keep[:, None]  # [B, R]
-        if drop_cond is not None:
-            dropped = dropped | drop_cond.to(torch.bool)[:, None]
+        dropped = dropped | drop_cond.to(torch.bool)[:, None]
         return torch.where(dropped[..., None], null[None], cond)
 
     def null_condition(self, batch_size: int) -> torch.Tensor:
         """The unconditional input [B, R, token_dim]: every position its null token."""
         return self.null_cond[None].expand(batch_size, -1, -1)
 
-    def forward(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        cond: torch.Tensor,
-        keep: torch.Tensor,
-        drop_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, keep: torch.Tensor,
+                drop_cond: torch.Tensor, timesteps: bool = False) -> torch.Tensor:
         """Predict the target of `config.prediction` for noised latents.
 
         Args:
             x_t: noised normalised latents [B, C, H, W].
-            t: [B] or scalar; floating in [0, 1] or integer timesteps (see `time_input`).
+            t: [B] or scalar; the floating [0, 1] time, or timesteps when `timesteps` (see `time_input`).
             cond: tokens [B, K, token_dim], K <= R.
             keep: [B] prefix lengths (tokens at positions >= keep are replaced by null tokens).
-            drop_cond: [B] bool or None; True nulls the whole condition (CFG dropout / unconditional pass).
+            drop_cond: [B] bool; True nulls the whole condition (CFG dropout / unconditional pass).
 
         Returns:
             [B, C, H, W] velocity (or epsilon / x0).
         """
-        return self.forward_with_hidden(x_t, t, cond, keep, drop_cond, layer=0)[0]
+        return self.forward_with_hidden(x_t, t, cond, keep, drop_cond, layer=0, timesteps=timesteps)[0]
 
-    def forward_with_hidden(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        cond: torch.Tensor,
-        keep: torch.Tensor,
-        drop_cond: torch.Tensor | None,
-        layer: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_hidden(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, keep: torch.Tensor,
+                            drop_cond: torch.Tensor, layer: int, timesteps: bool = False
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward`, also returning the patch tokens' hidden state after block `layer` (1-based; 0: the
         embedded input), [B, N, dec_width] row-major over the patch grid (what REPA-style alignment reads)."""
         cfg = self.config
@@ -304,7 +292,7 @@ class LoSTDecoder(nn.Module):
         x = self.x_embedder(x_t) + self.pos_embed  # [B, N, D]
         r = self.cond_embedder(c_tokens.to(x.dtype)) + self.cond_pos_embed  # [B, R, D]
         x = torch.cat([x, r], dim=1)  # [B, N+R, D]: in-context condition after the patches
-        c = self.t_embedder(self.time_input(t, B))  # [B, D]: adaLN is driven by the timestep only
+        c = self.t_embedder(self.time_input(t, B, timesteps))  # [B, D]: adaLN is driven by the timestep only
         hidden = x[:, :N]
         for i, block in enumerate(self.blocks, start=1):
             if cfg.grad_checkpointing and torch.is_grad_enabled():
@@ -322,11 +310,13 @@ class LoSTDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-class LoSTTokenizer(nn.Module):
+class LoSTTokenizer(nn.Module, Pretrained):
     """Encoder + decoder + per-channel latent statistics; saved as config.json + model.safetensors.
 
-    `encode` and the decoder take latents that are already normalised (`normalize`); the training task
-    draws keep (`sample_keep`), CFG drops (`sample_drop`), time and noise, and owns the loss.
+    The model API is `encode(z) -> tokens` and `decode(tokens, keep, x_t, t, drop)` (one decoder evaluation;
+    `flow.sample_latents` runs the sampler on it). Both take latents that are already normalised
+    (`normalize`); the training task draws keep (`sample_keep`), CFG drops (`sample_drop`), time and noise,
+    and owns the loss.
     """
 
     def __init__(self, config: LoSTConfig, preset: str | None = None) -> None:
@@ -380,9 +370,10 @@ class LoSTTokenizer(nn.Module):
                               f"({list(self.config.latent_shape)})")
         return self.encoder(z)
 
-    def mask_tokens(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Nested dropout: tokens [B, K <= R, T] -> [B, R, T] with positions >= keep[b] set to the null tokens."""
-        return self.decoder.condition(tokens, keep)
+    def condition(self, tokens: torch.Tensor, keep: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's condition: tokens [B, K <= R, T] -> [B, R, T] with positions >= keep[b] (nested
+        dropout) and every position of a sample with drop[b] (CFG; None: no sample) set to the null tokens."""
+        return self.decoder.condition(tokens, keep, self._drop_flags(tokens, drop))
 
     def null_condition(self, batch_size: int) -> torch.Tensor:
         """The unconditional decoder input [B, R, token_dim] (all null tokens)."""
@@ -421,50 +412,38 @@ class LoSTTokenizer(nn.Module):
 
     # -- decoding -----------------------------------------------------------------------------------
 
-    def decoder_forward(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        cond: torch.Tensor,
-        keep: torch.Tensor,
-        drop_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One decoder evaluation: x_t [B, C, H, W], t [B], cond [B, K <= R, T], keep [B] -> [B, C, H, W].
+    @staticmethod
+    def _drop_flags(tokens: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        """CFG drop flags [B] bool: `drop`, or all False when None (no sample's condition is dropped)."""
+        return torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device) if drop is None else drop
 
-        See `LoSTDecoder.forward`; a sampler calls this once per step (twice with CFG: once with
-        `drop_cond` all True).
+    def decode(self, tokens: torch.Tensor, keep: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+               drop: torch.Tensor | None = None, timesteps: bool = False) -> torch.Tensor:
+        """One decoder evaluation given the first `keep` tokens: the `config.prediction` target [B, C, H, W].
+
+        Args:
+            tokens: [B, K <= R, T] (from `encode`, or a prefix of them).
+            keep: [B] (or one) prefix lengths; positions >= keep are read as null tokens.
+            x_t: noised normalised latents [B, C, H, W].
+            t: [B] or scalar floating [0, 1] time (timesteps=True: timesteps on the 0..time_scale scale).
+            drop: [B] bool CFG flags (True: the sample's whole condition is null); None: no sample.
+
+        A sampler (`flow.sample_latents`) calls this once per step (on a doubled batch with CFG).
         """
-        return self.decoder(x_t, t, cond, keep, drop_cond)
+        return self.decoder(x_t, t, tokens, keep, self._drop_flags(tokens, drop), timesteps)
 
-    def forward(
-        self,
-        z: torch.Tensor,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        keep: torch.Tensor,
-        drop_cond: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Training pass: encode clean normalised latents z, keep prefixes, predict for x_t -> [B, C, H, W]."""
-        return self.decoder(x_t, t, self.encode(z), keep, drop_cond)
+    def decode_with_hidden(self, tokens: torch.Tensor, keep: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                           drop: torch.Tensor | None, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decode`, also returning the patch tokens' hidden state after decoder block `layer` (1-based; 0: the
+        embedded input), [B, N, dec_width] (what REPA-style alignment reads)."""
+        return self.decoder.forward_with_hidden(x_t, t, tokens, keep, self._drop_flags(tokens, drop), layer)
 
     # -- persistence --------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
-        """Write `config.json` (class, preset, config, latent stats, extras) and `model.safetensors`."""
-        meta = {"class": type(self).__name__, "preset": self.preset, "config": to_dict(self.config),
-                "latent_stats": {"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()},
-                **self.extra_config, **(extra_config or {})}
-        return save_model_folder(directory, self, meta)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> LoSTTokenizer:
-        """Load an export folder, or a run directory holding `export/`; returned in eval mode.
-
-        Raises:
-            CheckpointError: missing/unreadable files, or weights that do not fit the config exactly.
-        """
-        return load_model_folder(cls, path, LoSTConfig, "LoST tokenizer", device,
-                                 own_keys=("class", "preset", "config", "latent_stats"))
+    # `save_pretrained` / `from_pretrained` (an export folder or a run directory holding `export/`): `Pretrained`
+    config_class = LoSTConfig
+    pretrained_what = "LoST tokenizer"
+    pretrained_keys = ("class", "preset", "config", "latent_stats")  # + latent_mean / latent_std in config.json
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The RIDA student f_theta: a ViT over latent patches giving a global embedding and spatial tokens.
 
-Reads top to bottom: transformer blocks, position embeddings, the student, the view <-> plane
-correspondence used by the spatial loss, persistence, and the preset table.
+Reads top to bottom: the student (its transformer blocks and position embeddings are `blocks.py`'s), the
+view <-> plane correspondence used by the spatial loss, persistence, and the preset table.
 
 Input: normalised latents z [B, C, H, P*H], P square planes rolled out side by side (a Direct3D triplane
 is [16, 32, 96] = [plane0 | plane1 | plane2]; the tiny VAE's is [8, 8, 24]). Each plane is cut into
@@ -11,88 +11,19 @@ p x p patches, giving h = w = H / p tokens per plane side and N = P h w tokens, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import check_preset, from_dict, to_dict
-from ..errors import CheckpointError, ConfigError
-from ..latent.checkpoint import load_strict, read_state_dict, save_model_folder
-from .blocks import xavier_init_linears
+from ..config import check_preset
+from ..errors import ConfigError
+from ..persist import Pretrained
+from .blocks import Block, Mlp, sincos_2d, xavier_init_linears
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Blocks
-# ----------------------------------------------------------------------------------------------------
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention through `F.scaled_dot_product_attention`."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ConfigError(f"width {dim} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # [B, h, N, d]
-        x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
-
-
-class Mlp(nn.Module):
-    """Linear -> GELU -> (dropout) -> Linear."""
-
-    def __init__(self, dim: int, hidden: int, out: int | None = None, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.drop = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden, out or dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(F.gelu(self.fc1(x))))
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x)))."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout=dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x)))
-        return x + self.drop(self.mlp(self.norm2(x)))
-
-
-def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embedding [h*w, dim] (MAE/DiT layout: half for rows, half for cols)."""
-    if dim % 4:
-        raise ConfigError(f"width {dim} must be divisible by 4 for the 2-D sincos position embedding")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # [dim/4]
-
-    def one_axis(pos: torch.Tensor) -> torch.Tensor:
-        out = pos.reshape(-1, 1).double() * omega[None]  # [M, dim/4]
-        return torch.cat([out.sin(), out.cos()], dim=1)  # [M, dim/2]
-
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    return torch.cat([one_axis(rows), one_axis(cols)], dim=1).float()  # [h*w, dim]
+NORM_EPS = 1e-5  # LayerNorm eps of the student (torch's default; the shared blocks default to 1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,7 +70,7 @@ class RidaConfig:
         return self.planes * self.grid**2
 
 
-class RidaStudent(nn.Module):
+class RidaStudent(nn.Module, Pretrained):
     """f_theta: normalised latents z [B, C, H, P*H] -> global [B, D_out] and spatial tokens [B, N, D_out].
 
     The model holds the per-channel latent statistics it was trained with (`normalize` applies them);
@@ -157,8 +88,9 @@ class RidaStudent(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
         self.register_buffer("pos_embed", sincos_2d(cfg.width, cfg.grid, cfg.grid), persistent=False)  # [h*w, D]
         self.plane_embed = nn.Parameter(torch.zeros(cfg.planes, cfg.width))  # which plane a token is on
-        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)])
-        self.norm = nn.LayerNorm(cfg.width)
+        self.blocks = nn.ModuleList([Block(cfg.width, cfg.heads, cfg.mlp_ratio, norm_eps=NORM_EPS, dropout=cfg.dropout)
+                                     for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.width, eps=NORM_EPS)
         pooled = cfg.width * (cfg.num_tokens if cfg.global_pool == "flatten" else 1)
         if cfg.head == "mlp":
             self.global_head: nn.Module = Mlp(pooled, cfg.width, cfg.out_dim)
@@ -233,40 +165,10 @@ class RidaStudent(nn.Module):
         self.latent_mean.copy_(mean)
         self.latent_std.copy_(std.clamp(min=1e-6))
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
-        """Write `config.json` (class, preset, config, latent stats, extras) and `model.safetensors`."""
-        meta = {"class": type(self).__name__, "preset": self.preset, "config": to_dict(self.config),
-                "latent_stats": {"mean": self.latent_mean.tolist(), "std": self.latent_std.tolist()},
-                **self.extra_config, **(extra_config or {})}
-        return save_model_folder(directory, self, meta)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> RidaStudent:
-        """Load an export folder, or a run directory (its `export/`); returned in eval mode.
-
-        Raises:
-            CheckpointError: missing/unreadable files or weights that do not fit the config exactly.
-        """
-        folder = resolve_export(path)
-        try:
-            meta = json.loads((folder / CONFIG_NAME).read_text())
-            config = from_dict(RidaConfig, meta["config"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ConfigError) as e:
-            raise CheckpointError(f"{folder / CONFIG_NAME}: not a RIDA student config ({e})") from None
-        model = cls(config, preset=meta.get("preset"))
-        load_strict(model, read_state_dict(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
-        model.extra_config = {k: v for k, v in meta.items() if k not in ("class", "preset", "config", "latent_stats")}
-        return model.to(device).eval()
-
-
-def resolve_export(path: str | Path) -> Path:
-    """A folder holding config.json + model.safetensors: `path` itself or `path/export` (a run directory)."""
-    path = Path(path)
-    for folder in (path, path / "export"):
-        if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
-            return folder
-    raise CheckpointError(f"{path}: no {CONFIG_NAME} + {WEIGHTS_NAME} here or in {path / 'export'} "
-                          "(expected a RIDA export or run directory)")
+    # `save_pretrained` / `from_pretrained` (an export folder or a run directory holding `export/`): `Pretrained`
+    config_class = RidaConfig
+    pretrained_what = "RIDA student"
+    pretrained_keys = ("class", "preset", "config", "latent_stats")  # + latent_mean / latent_std in config.json
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,13 +15,12 @@ One interface, three sources:
 
 Views are the dataset's renders, uint8 [B, V, H, W, 3] (V = 4: front, right, back, left). Patch grids are
 row-major from the image's top-left corner: patches[b, v, i, j] covers image row block i, column block j.
-`load_teacher(spec)` resolves the spec strings users pass on the command line.
+The classes take built modules and tensors; `teachers.load_teacher(spec)`, a level above the models, resolves
+the spec strings users pass on the command line (hub names, local weights files, folders).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import from_dict, to_dict
-from ..errors import CheckpointError, ConfigError, LostError
-from ..latent.checkpoint import load_strict, read_json_object, read_safetensors, save_model_folder
+from ..config import to_dict
+from ..errors import CheckpointError, ConfigError
+from ..persist import CONFIG_NAME, Pretrained  # noqa: F401 (CONFIG_NAME: imported from here by teachers.py)
+from .blocks import map_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm / DINOv2 preprocessing
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing (OpenCLIP's default)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
 BUILTIN_CLASS = "ClipTeacher"  # the "class" field of a built-in teacher's config.json
 
@@ -118,17 +116,7 @@ class Teacher(nn.Module):
         Returns:
             (global [B, V, D], patches [B, V, g0, g0, D]), float32 on the teacher's device; not normalised.
         """
-        if images.dim() != 5:
-            raise ValueError(f"expected uint8 views [B, V, H, W, 3], got {tuple(images.shape)}")
-        B, V = images.shape[:2]
-        flat = images.reshape(B * V, *images.shape[2:])
-        was_training = self.training
-        self.eval()
-        try:
-            outs = [self.encode_images(self.preprocess(flat[i:i + batch_size]))
-                    for i in range(0, B * V, batch_size)]
-        finally:
-            self.train(was_training)
+        outs, B, V = map_views(self, images, lambda batch: self.encode_images(self.preprocess(batch)), batch_size)
         g = torch.cat([o[0] for o in outs]).float()
         p = torch.cat([o[1] for o in outs]).float()
         return g.view(B, V, -1), p.view(B, V, *p.shape[1:])
@@ -306,7 +294,7 @@ def _preprocess_cfg(cfg: ClipTeacherConfig) -> dict[str, Any]:
             "resize_mode": "shortest"}
 
 
-class ClipTeacher(OpenClipTeacher):
+class ClipTeacher(OpenClipTeacher, Pretrained):
     """The built-in teacher: `open_clip.CLIP` from a `ClipTeacherConfig`, trainable, saved as a folder."""
 
     def __init__(self, cfg: ClipTeacherConfig, name: str = "lost-clip (built-in)") -> None:
@@ -319,173 +307,33 @@ class ClipTeacher(OpenClipTeacher):
         self.config = cfg
         self.model.train().requires_grad_(True)  # trainable until frozen by the caller
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict[str, Any] | None = None) -> Path:
-        """Write config.json, open_clip_config.json and model.safetensors (the open_clip.CLIP state dict)."""
-        open_clip_meta = {"model_cfg": open_clip_model_cfg(self.config),
-                          "preprocess_cfg": _preprocess_cfg(self.config)}
-        meta = {"class": BUILTIN_CLASS, "name": self.name, "config": to_dict(self.config),
-                "open_clip": open_clip_meta, **(extra_config or {})}
-        return save_model_folder(directory, self.model, meta, {OPEN_CLIP_CONFIG_NAME: open_clip_meta})
+    # `save_pretrained` / `from_pretrained` (`Pretrained`): config.json {"class", "name", "config", "open_clip",
+    # extras}, open_clip_config.json and model.safetensors (the open_clip.CLIP state dict); loaded frozen
+    config_class = ClipTeacherConfig
+    pretrained_what = "built-in teacher"
+    pretrained_keys = ("class", "name", "config", "open_clip")
+    pretrained_frozen = True
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> ClipTeacher:
-        """Load a folder written by `save_pretrained` (strict key and shape match), frozen, in eval mode."""
-        directory = Path(directory)
-        meta = read_json_object(directory / CONFIG_NAME)
-        if meta.get("class") != BUILTIN_CLASS or not isinstance(meta.get("config"), dict):
-            raise CheckpointError(f"{directory / CONFIG_NAME}: not a built-in teacher (class {meta.get('class')!r})")
-        try:
-            cfg = from_dict(ClipTeacherConfig, meta["config"])
-        except ConfigError as e:
-            raise CheckpointError(f"{directory / CONFIG_NAME}: config.{e}") from None
-        weights = directory / WEIGHTS_NAME
-        state = read_safetensors(weights)
-        teacher = cls(cfg, name=str(meta.get("name", "lost-clip (built-in)")))
-        load_strict(teacher.model, state, str(weights))
-        teacher.spec = str(directory.resolve())
-        return teacher.to(device).eval().requires_grad_(False)
+    def pretrained_class(cls) -> str:
+        return BUILTIN_CLASS
 
+    def _open_clip_meta(self) -> dict[str, Any]:
+        return {"model_cfg": open_clip_model_cfg(self.config), "preprocess_cfg": _preprocess_cfg(self.config)}
 
-# ----------------------------------------------------------------------------------------------------
-# Loading from a spec
-# ----------------------------------------------------------------------------------------------------
+    def pretrained_meta(self) -> dict[str, Any]:
+        return {"class": BUILTIN_CLASS, "name": self.name, "config": to_dict(self.config),
+                "open_clip": self._open_clip_meta()}
 
-SPEC_HELP = ("a built-in teacher folder (lost teacher train's export), timm:NAME[@WEIGHTS_FILE], "
-             "open_clip:NAME/TAG, open_clip:NAME@WEIGHTS_FILE or open_clip:FOLDER (with open_clip_config.json)")
+    def pretrained_module(self) -> nn.Module:
+        return self.model
 
+    def pretrained_files(self) -> dict[str, Any]:
+        return {OPEN_CLIP_CONFIG_NAME: self._open_clip_meta()}
 
-def _hub_error(spec: str, e: Exception) -> CheckpointError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false")
-    hint = (" HF_HUB_OFFLINE is set: download the weights elsewhere and pass NAME@/path/to/weights" if offline
-            else "")
-    first = " ".join(str(e).split()).split(". ")[0][:160]  # the first sentence
-    return CheckpointError(f"{spec}: could not load pretrained weights ({type(e).__name__}: {first}).{hint}")
+    @classmethod
+    def build_pretrained(cls, config: ClipTeacherConfig, meta: dict[str, Any]) -> ClipTeacher:
+        return cls(config, name=str(meta.get("name", "lost-clip (built-in)")))
 
-
-def _split_file(rest: str, spec: str) -> tuple[str, Path | None]:
-    name, _, file = rest.partition("@")
-    if not name:
-        raise CheckpointError(f"{spec}: no model name (expected {SPEC_HELP})")
-    if not file:
-        return name, None
-    path = Path(file).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found (teacher spec {spec})")
-    return name, path
-
-
-def _load_timm(rest: str, spec: str, image_size: int | None, overrides: dict[str, Any]) -> TimmTeacher:
-    import timm
-
-    name, file = _split_file(rest, spec)
-    if not timm.is_model(name):
-        raise CheckpointError(f"{spec}: unknown timm model {name!r} (e.g. vit_base_patch14_dinov2.lvd142m)")
-    kwargs: dict[str, Any] = {"num_classes": 0, **overrides}
-    if image_size is not None:
-        kwargs["img_size"] = image_size  # timm resamples the position embedding when loading
-    if file is not None:
-        kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
-    try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
-    except (RuntimeError, ValueError, KeyError) as e:
-        if file is not None:  # a local file that does not fit the architecture
-            raise CheckpointError(f"{file}: does not fit timm:{name} ({str(e).splitlines()[0][:200]})") from None
-        raise _hub_error(spec, e) from None
-    except Exception as e:  # hub: offline, missing, no access
-        if file is not None:
-            raise CheckpointError(f"{file}: unreadable for timm:{name} ({type(e).__name__})") from None
-        raise _hub_error(spec, e) from None
-    teacher = TimmTeacher(model, name)
-    teacher.spec = f"timm:{name}@{file.resolve()}" if file is not None else spec
-    return teacher
-
-
-def _load_open_clip(rest: str, spec: str, image_size: int | None, overrides: dict[str, Any]) -> OpenClipTeacher:
-    import open_clip
-
-    kwargs: dict[str, Any] = dict(overrides)
-    if image_size is not None:
-        kwargs["force_image_size"] = image_size
-    folder = Path(rest).expanduser()
-    if folder.is_dir():
-        if not (folder / OPEN_CLIP_CONFIG_NAME).is_file():
-            raise CheckpointError(f"{folder}: no {OPEN_CLIP_CONFIG_NAME} in this folder")
-        model_name, pretrained, file = f"local-dir:{folder.resolve()}", None, None
-        resolved = f"open_clip:{folder.resolve()}"
-    elif rest.startswith("hf-hub:"):
-        model_name, pretrained, file, resolved = rest, None, None, spec
-    else:
-        name, file = _split_file(rest, spec)
-        if file is not None:
-            model_name, pretrained, resolved = name, str(file), f"open_clip:{name}@{file.resolve()}"
-        else:
-            model_name, _, pretrained = name.partition("/")
-            if not pretrained:
-                raise CheckpointError(f"{spec}: name the weights: open_clip:NAME/TAG or open_clip:NAME@FILE")
-            resolved = spec
-        if open_clip.get_model_config(model_name.replace("/", "-")) is None:
-            raise CheckpointError(f"{spec}: unknown OpenCLIP model {model_name!r} (see open_clip.list_models())")
-    logging.disable(logging.ERROR)  # open_clip logs a failed download on the root logger: keep errors one line
-    try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, **kwargs)
-    except Exception as e:  # hub download, unknown tag, weights that do not fit
-        if file is not None or folder.is_dir():
-            where = file if file is not None else folder
-            raise CheckpointError(f"{where}: cannot load as OpenCLIP {model_name} "
-                                  f"({' '.join(str(e).split())[:200]})") from None
-        raise _hub_error(spec, e) from None
-    finally:
-        logging.disable(logging.NOTSET)
-    pp = getattr(model.visual, "preprocess_cfg", None) or {}
-    try:
-        tokenizer = open_clip.get_tokenizer(model_name)
-    except Exception:  # e.g. an HF tokenizer that needs the network: BPE with the model's context length
-        tokenizer = None
-    label = folder.name if folder.is_dir() else rest.split("@")[0]
-    teacher = OpenClipTeacher(model, f"{label} (open_clip)", tuple(pp.get("mean", CLIP_MEAN)),
-                              tuple(pp.get("std", CLIP_STD)), tokenizer=tokenizer)
-    teacher.spec = resolved
-    return teacher
-
-
-def load_teacher(spec: str | Path, *, image_size: int | None = None, overrides: dict[str, Any] | None = None,
-                 device: str | torch.device = "cpu") -> Teacher:
-    """Resolve a teacher spec into a frozen `Teacher` in eval mode.
-
-    Args:
-        spec: a built-in teacher folder; `timm:NAME` (hub) or `timm:NAME@/path/weights.safetensors`;
-            `open_clip:NAME/TAG` (hub), `open_clip:NAME@/path/weights`, `open_clip:hf-hub:ORG/REPO`, or
-            `open_clip:FOLDER` holding open_clip_config.json + weights.
-        image_size: input size S for timm / OpenCLIP models (default: the model's own, 518 for DINOv2;
-            224 gives DINOv2 a 16 x 16 grid). Ignored for built-in teachers, which keep their size.
-        overrides: extra constructor arguments (timm `create_model` kwargs, e.g. depth=1 for tests;
-            OpenCLIP `create_model` kwargs).
-        device: where the model lives.
-
-    Raises:
-        CheckpointError: one line: unknown model, missing or misfitting weights, or a hub that cannot be
-            reached (e.g. HF_HUB_OFFLINE=1).
-    """
-    s = str(spec)
-    overrides = dict(overrides or {})
-    try:
-        if s.startswith("timm:"):
-            teacher: Teacher = _load_timm(s[len("timm:"):], s, image_size, overrides)
-        elif s.startswith("open_clip:"):
-            teacher = _load_open_clip(s[len("open_clip:"):], s, image_size, overrides)
-        else:
-            path = Path(s).expanduser()
-            if path.is_dir() and (path / CONFIG_NAME).is_file():
-                teacher = ClipTeacher.from_pretrained(path)
-            elif path.is_dir() and (path / OPEN_CLIP_CONFIG_NAME).is_file():
-                teacher = _load_open_clip(str(path), s, image_size, overrides)
-            elif path.exists():
-                raise CheckpointError(f"{path}: not a teacher folder (expected {SPEC_HELP})")
-            else:
-                raise CheckpointError(f"{s}: no such teacher folder, and no timm:/open_clip: prefix "
-                                      f"(expected {SPEC_HELP})")
-    except LostError:
-        raise
-    except ImportError as e:
-        raise CheckpointError(f"{s}: cannot import the model library ({e})") from None
-    return teacher.to(device).eval()
+    def loaded_from(self, folder: Path, meta: dict[str, Any]) -> None:
+        self.spec = str(folder.resolve())  # the run entries of config.json are not carried into a re-save

@@ -1,14 +1,15 @@
 """The text encoder that conditions LoST-GPT: an OpenCLIP text tower, frozen, captions -> one embedding.
 
-Sources (`load_text_encoder(spec)`):
+Sources (`teachers.load_text_encoder(spec)`, one level above the models, resolves them):
 
 - the built-in teacher (`lost teacher train`'s run or export folder): its text tower, trained offline on the
   dataset's own captions. Saved into a bundle as a full copy (`ClipTeacher.save_pretrained`), so the bundle
   works without the teacher run.
 - `open_clip:MODEL/TAG` (hub), `open_clip:MODEL@WEIGHTS_FILE` or `open_clip:FOLDER`: a pretrained OpenCLIP
-  model through `models.teacher.load_teacher`. Saved as a `config.json` that records the spec, and loaded
+  model through `teachers.load_teacher`. Saved as a `config.json` that records the spec, and loaded
   from it again (the weights stay where the spec points: the hub cache or the local file).
-- a folder written by `TextEncoder.save_into` (a bundle's `text_encoder/`, a GPT run's `text_encoder/`).
+- a folder written by `TextEncoder.save_into` (a bundle's `text_encoder/`, a GPT run's `text_encoder/`),
+  read back by `teachers.load_text_encoder_folder`.
 
 `encode(texts)` returns the EOT-pooled, projected text embedding, L2-normalised: [B, width] float32, with
 width = the CLIP joint embedding size (128 for the built-in teacher, 768 for ViT-L/14, 1024 for ViT-H/14).
@@ -25,11 +26,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .teacher import BUILTIN_CLASS, CONFIG_NAME, ClipTeacher, OpenClipTeacher, load_teacher
+from ..persist import CONFIG_NAME, atomic_write_json
+from .teacher import BUILTIN_CLASS, ClipTeacher, OpenClipTeacher
 
 CLASS = "TextEncoder"  # the "class" of a config.json that records an OpenCLIP spec
-SPEC_HELP = ("a built-in teacher folder (lost teacher train's run or export), open_clip:MODEL/TAG, "
-             "open_clip:MODEL@WEIGHTS_FILE, open_clip:FOLDER, or a saved text_encoder/ folder")
 KINDS = ("builtin", "open_clip")
 
 
@@ -102,36 +102,15 @@ class TextEncoder(nn.Module):
     # -- persistence --------------------------------------------------------------------------------
 
     def save_into(self, folder: str | Path) -> Path:
-        """Write the encoder as a folder: a weights copy (built-in) or a config.json naming the spec."""
+        """Write the encoder as a folder: a weights copy (built-in) or a config.json naming the spec
+        (`teachers.load_text_encoder_folder` reads it back)."""
         folder = Path(folder)
         info = self.describe()
         if isinstance(self.tower, ClipTeacher):
             return self.tower.save_pretrained(folder, extra_config={"text_encoder": info})
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps({"class": CLASS, "text_encoder": info}, indent=2) + "\n")
-        tmp.replace(folder / CONFIG_NAME)
+        atomic_write_json(folder / CONFIG_NAME, {"class": CLASS, "text_encoder": info})
         return folder
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> TextEncoder:
-        """Load a folder written by `save_into`.
-
-        Raises:
-            CheckpointError: no or malformed config.json, weights that do not fit, an OpenCLIP spec that
-                cannot be loaded here, or a model whose width differs from the recorded one.
-        """
-        folder = Path(folder)
-        info = read_info(folder)
-        if info["kind"] == "builtin":
-            teacher: OpenClipTeacher = ClipTeacher.from_pretrained(folder, device=device)
-        else:
-            teacher = _open_clip_tower(info["spec"], device)
-        encoder = cls(teacher, info["spec"])
-        if encoder.width != info["width"]:
-            raise CheckpointError(f"{folder / CONFIG_NAME}: records width {info['width']}, "
-                                  f"{info['spec']} gives {encoder.width}")
-        return encoder
 
 
 def read_info(folder: str | Path) -> dict[str, Any]:
@@ -158,41 +137,3 @@ def read_info(folder: str | Path) -> dict[str, Any]:
     if (info["kind"] == "builtin") != (meta["class"] == BUILTIN_CLASS):
         raise CheckpointError(f"{path}: kind {info['kind']!r} does not match class {meta['class']!r}")
     return info
-
-
-def _open_clip_tower(spec: str, device: str | torch.device) -> OpenClipTeacher:
-    tower = load_teacher(spec, device=device)
-    if not isinstance(tower, OpenClipTeacher):
-        raise CheckpointError(f"{spec}: has no text tower (a text encoder is {SPEC_HELP})")
-    return tower
-
-
-def load_text_encoder(spec: str | Path, device: str | torch.device = "cpu") -> TextEncoder:
-    """Resolve a text encoder spec (see the module docstring) into a frozen `TextEncoder`.
-
-    Raises:
-        ConfigError: an empty spec. CheckpointError: one line: a timm model (no text tower), no such
-            folder, unknown OpenCLIP model, missing or misfitting weights, unreachable hub.
-    """
-    s = str(spec).strip()
-    if not s:
-        raise ConfigError(f"--text-encoder: empty spec (expected {SPEC_HELP})")
-    if s.startswith("timm:"):
-        raise CheckpointError(f"{s}: a timm model has no text tower (expected {SPEC_HELP})")
-    path = Path(s).expanduser()
-    if path.is_dir() and not (path / CONFIG_NAME).is_file() and (path / "export" / CONFIG_NAME).is_file():
-        path = path / "export"  # a `lost teacher train` run directory
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        try:
-            meta = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path / CONFIG_NAME}: unreadable JSON ({e})") from None
-        if isinstance(meta, dict) and isinstance(meta.get("text_encoder"), dict):
-            return TextEncoder.from_folder(path, device=device)  # saved by save_into
-        if not isinstance(meta, dict) or meta.get("class") != BUILTIN_CLASS:
-            raise CheckpointError(f"{path}: not a built-in teacher or text encoder folder "
-                                  f"(class {meta.get('class') if isinstance(meta, dict) else None!r}; "
-                                  f"expected {SPEC_HELP})")
-        s = str(path)
-    tower = _open_clip_tower(s, device)
-    return TextEncoder(tower, tower.spec or s)

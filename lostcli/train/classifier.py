@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..config import OptimConfig, TrainConfig, to_dict
-from ..data.store import DatasetStore, atomic_write_json
+from ..data.store import DatasetStore
 from ..errors import DataError
-from ..eval.classifier import (EVAL_NAME, PIXEL_MEAN, PIXEL_STD, RenderClassifier, RenderClassifierConfig,
-                               evaluate_classifier)
+from ..models.classifier import (EVAL_NAME, PIXEL_MEAN, PIXEL_STD, RenderClassifier, RenderClassifierConfig,
+                                 evaluate_classifier)
 from ..models.teacher import resize_images_u8
+from ..persist import atomic_write_json
 from .loop import Task, TrainResult, seed_everything, train
 
 

@@ -20,8 +20,6 @@ bundle) and `export/` (the GPT with EMA weights, its sampling defaults and the t
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import zlib
 from dataclasses import dataclass, field
@@ -34,11 +32,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from ..bundle import gpt_entry, read_bundle, write_bundle, write_components
 from ..config import OptimConfig, TrainConfig, to_dict
 from ..data.store import DatasetStore
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.gpt import LoSTGPT, build_gpt
 from ..models.text import TextEncoder, read_info
+from ..persist import atomic_path, atomic_write_json
 from .loop import EXPORT_DIR, Task
 
 TOKENS = "tokens"
@@ -200,10 +200,9 @@ def text_bank(encoder: TextEncoder, captions: list[list[str]], cache_dir: Path |
     bank = encoder.encode(unique, batch_size=batch_size).cpu().contiguous()  # [U, W]
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({"embeddings": bank}, str(tmp), metadata=want)
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps({**want, "texts": unique}, indent=1) + "\n")
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": bank}, str(tmp), metadata=want)
+        atomic_write_json(path.with_suffix(".json"), {**want, "texts": unique}, indent=1)
     return bank, rows
 
 
@@ -335,7 +334,7 @@ class GPTTask(Task):
         B = x.shape[0]
         pick = torch.multinomial(mask.float(), 1).squeeze(1)  # [B]: one of each shape's own captions
         cond = text[torch.arange(B, device=x.device), pick]  # [B, W]
-        out = self.gpt(x, cond)
+        out = self.gpt(x, cond, self.gpt.sample_drop(B, x.device))
         return {"loss": out["loss"], "drop_frac": out["drop_frac"].detach().float()}
 
     def sampling_defaults(self) -> dict[str, Any]:
@@ -433,13 +432,11 @@ def export_gpt(run: str | Path, bundle: str | Path) -> dict[str, Any]:
         CheckpointError: not a finished run, unloadable parts, a GPT trained on another model's tokens, or
             widths that disagree with the bundle / text encoder.
     """
-    from ..pipeline import BUNDLE_NAME, _replace_dir, read_bundle
-
     run, bundle = Path(run), Path(bundle)
     meta = read_bundle(bundle)
     gpt_dir, text_dir = _run_folders(run)
     gpt = LoSTGPT.from_pretrained(gpt_dir)  # validates the weights
-    extra = json.loads((gpt_dir / "config.json").read_text(encoding="utf-8"))
+    extra = gpt.extra_config  # config.json's entries besides class, preset and config
     text = read_info(text_dir)
     trained_on = (extra.get("tokens") or {}).get("model_id")
     if trained_on != meta["model_id"]:
@@ -451,19 +448,10 @@ def export_gpt(run: str | Path, bundle: str | Path) -> dict[str, Any]:
                               f"({meta.get('num_tokens')} x {meta.get('token_dim')})")
     if c.cond_dim != text["width"]:
         raise CheckpointError(f"{text_dir}: text width {text['width']}, the GPT reads {c.cond_dim}")
-    for name, src in (("gpt", gpt_dir), ("text_encoder", text_dir)):
-        tmp = bundle / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        _replace_dir(tmp, bundle / name)
+    write_components(bundle, {"gpt": lambda tmp: shutil.copytree(gpt_dir, tmp),
+                              "text_encoder": lambda tmp: shutil.copytree(text_dir, tmp)})
     sampling = extra.get("sampling") if isinstance(extra.get("sampling"), dict) else {}
     meta["components"] = {**meta["components"], "gpt": "gpt", "text_encoder": "text_encoder"}
-    meta["gpt"] = {"num_tokens": c.num_tokens, "token_dim": c.token_dim, "cond_dim": c.cond_dim,
-                   "guidance": 3.0, "guidance_schedule": "constant", "temperature": 1.0,
-                   "sample_steps": c.diffloss.sample_steps, **sampling,
-                   "model_id": trained_on, "text_encoder": text["spec"], "params": _num_params(gpt)}
+    meta["gpt"] = gpt_entry(c, sampling, trained_on, text["spec"], _num_params(gpt))
     meta["sources"] = {**(meta.get("sources") or {}), "gpt": str(run)}
-    tmp = bundle / f".{BUNDLE_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(bundle / BUNDLE_NAME)
-    return meta
+    return write_bundle(bundle, meta)

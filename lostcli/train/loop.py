@@ -17,7 +17,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, is_initialized
 from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
 from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import OptimConfig, TrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
+from ..persist import atomic_dir
 from . import state as st
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,6 @@ class TrainResult:
     seconds: float = 0.0  # wall time of this call
 
 
-class StopTraining(RuntimeError):
-    """Raised by `train(..., stop_after=n)` after step n, skipping the final save (simulates a kill)."""
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices). Call before building a task."""
     set_seed(seed)
@@ -109,9 +106,11 @@ def train(
     collate_fn: Callable | None = None,
     run_config: dict | None = None,
     progress: bool = True,
-    stop_after: int | None = None,
 ) -> TrainResult:
     """Train `task` for `train_cfg.steps` optimizer steps, checkpointing into `out_dir`.
+
+    A run that dies (killed, or an exception from the task) keeps its newest checkpoint; calling `train`
+    again with `resume=True` continues from it exactly as if it had never stopped.
 
     Args:
         task: the stage; `task(batch)["loss"]` is minimised. Built (and seeded) by the caller.
@@ -122,7 +121,6 @@ def train(
         collate_fn: DataLoader collate function (default: torch's).
         run_config: the resolved run config, stored in run.json and export/run_config.json.
         progress: show a rich progress bar on the main process.
-        stop_after: test hook: raise `StopTraining` once step `stop_after` is done, without a final save.
 
     Returns:
         TrainResult of this call.
@@ -135,130 +133,73 @@ def train(
     t_start = time.perf_counter()
     _validate(train_cfg, optim_cfg)
     cfg, out_dir = train_cfg, Path(out_dir)
-    precision = resolve_mixed_precision(cfg.mixed_precision)
-    if AcceleratorState._shared_state and AcceleratorState._shared_state.get("_mixed_precision") != precision:
-        # Accelerate keeps one process-wide state and refuses to change its precision; a later stage run
-        # in the same process (e.g. `lost demo`) with another precision starts from a clean state.
-        AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        gradient_accumulation_steps=cfg.grad_accum,
-        project_dir=str(out_dir),
-        kwargs_handlers=[DistributedDataParallelKwargs(
-            find_unused_parameters=getattr(task, "find_unused_parameters", True))],
-    )
-    main = accelerator.is_main_process
+    accelerator = _make_accelerator(task, cfg, out_dir)
+    ckpt = _checkpoint_to_resume(out_dir, resume)
 
-    # -- where to start --------------------------------------------------------------------------
-    existing = st.latest_checkpoint(out_dir)
-    if existing is not None and not resume:
-        raise ConfigError(f"{out_dir}: already holds checkpoints ({existing.name}); resume, or use a new "
-                          "output directory")
-    ckpt = existing if resume else None
-    if resume and ckpt is None:
-        log.info("%s: no checkpoint to resume from; starting fresh", out_dir)
-
-    # -- model, optimizer, schedule, EMA ---------------------------------------------------------
+    # -- model, optimizer, schedule, EMA, then the checkpoint's state --------------------------------
     set_seed(cfg.seed, device_specific=True)  # training draws: seed + process index
-    params = [p for p in task.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError(f"{type(task).__name__}: has no trainable parameters")
-    optimizer = _build_optimizer(task, optim_cfg)
-    scheduler = _build_scheduler(optimizer, optim_cfg, cfg.steps)
-    model, optimizer = accelerator.prepare(task, optimizer)
-    # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step it
-    # num_processes times), so it means the same on any world size; it is checkpointed as a custom object.
-    accelerator.register_for_checkpointing(scheduler)
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
-        accelerator.register_for_checkpointing(ema)
-
-    start_step, last_loss = 0, float("nan")
-    if ckpt is not None:
-        try:
-            accelerator.load_state(str(ckpt))
-        except (RuntimeError, ValueError, KeyError, FileNotFoundError) as e:
-            raise CheckpointError(f"{ckpt}: cannot resume ({str(e).splitlines()[0]})") from None
-        if ema is not None:
-            ema.to(device=accelerator.device)  # Accelerate loads custom objects onto the CPU
-        saved = st.read_state(ckpt)
-        start_step, last_loss = int(saved["step"]), float(saved["loss"])
+    run = _prepare(accelerator, task, cfg, optim_cfg, out_dir)
+    start_step, last_loss = _load_checkpoint(run, ckpt)
 
     # -- data ------------------------------------------------------------------------------------
-    try:
-        num_items = len(dataset)  # type: ignore[arg-type]
-    except TypeError:
-        raise DataError(f"{type(dataset).__name__}: the training loop needs a dataset with a length") from None
-    schedule = st.make_schedule(num_items, cfg.batch_size, accelerator.num_processes, cfg.grad_accum, cfg.seed)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=st.StepBatchSampler(schedule, accelerator.process_index, start_step, cfg.steps),
-        num_workers=cfg.num_workers,
-        collate_fn=collate_fn,
-        pin_memory=accelerator.device.type == "cuda",
-        # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
-        # which would shift every later random draw of a resumed run.
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        st.remove_stale_tmp(out_dir)
-        st.truncate_metrics(out_dir, start_step)  # drop lines a killed run logged past its checkpoint
-        st.record_invocation(out_dir, run_config, {"train": to_dict(cfg), "optim": to_dict(optim_cfg)}, {
-            "argv": list(sys.argv),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "resumed_from": str(ckpt) if ckpt is not None else None,
-            "start_step": start_step,
-            "world_size": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "device": str(accelerator.device),
-        })
-        if ckpt is not None:
-            _warn_if_layout_changed(st.read_state(ckpt), schedule)
+    schedule, loader = _make_loader(dataset, cfg, accelerator, start_step, collate_fn)
+    if accelerator.is_main_process:
+        _open_run_dir(run, schedule, ckpt, start_step, {"train": to_dict(cfg), "optim": to_dict(optim_cfg)},
+                      run_config)
     accelerator.wait_for_everyone()
 
-    # -- train -----------------------------------------------------------------------------------
-    losses: list[float] = []
+    # -- train, then export ----------------------------------------------------------------------
     if start_step >= cfg.steps:
         log.info("%s: already at step %d of %d; only re-exporting", out_dir, start_step, cfg.steps)
-    hook = getattr(task, "on_step_start", None)
+    losses, last_loss = _run_steps(run, loader, schedule, start_step, last_loss, progress, t_start)
+    export_dir = _export(accelerator, task, run.params, run.ema, out_dir, run_config)
+    return TrainResult(
+        steps=max(start_step, cfg.steps),
+        final_loss=last_loss,
+        losses=losses,
+        export_dir=export_dir,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+@dataclass
+class _Run:
+    """What one `train` call builds once and then steps."""
+
+    accelerator: Accelerator
+    task: nn.Module  # the stage as the caller built it
+    model: nn.Module  # the task as Accelerate prepared it (DDP-wrapped on several processes)
+    optimizer: Any  # Accelerate's wrapper around the AdamW of `_build_optimizer`
+    scheduler: Any  # lr schedule, stepped by the loop once per optimizer step
+    ema: EMAModel | None  # EMA of `params` (None: train.ema_decay = 0)
+    params: list[nn.Parameter]  # the task's trainable parameters
+    cfg: TrainConfig
+    grad_clip: float  # max gradient norm (math.inf: no clipping)
+    out_dir: Path
+
+
+def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_step: int, last_loss: float,
+               progress: bool, t_start: float) -> tuple[list[float], float]:
+    """Optimizer steps start_step..cfg.steps-1: log, checkpoint; (loss per logged step, last logged loss)."""
+    cfg, accelerator = run.cfg, run.accelerator
+    main = accelerator.is_main_process
+    hook = getattr(run.task, "on_step_start", None)
+    losses: list[float] = []
     with ExitStack() as stack:
         bar = stack.enter_context(_Bar(progress and main, cfg.steps, start_step))
-        tb = _tensorboard(out_dir, start_step) if main else None
+        tb = _tensorboard(run.out_dir, start_step) if main else None
         if tb is not None:
             stack.callback(tb.close)
         window = _Window(accelerator.device)
         data = iter(loader)
-        model.train()
+        run.model.train()
         for step in range(start_step, cfg.steps):
-            epoch = schedule.epoch_of(step)
             if hook is not None:
-                hook(step, epoch)
-            lr = optimizer.param_groups[0]["lr"]  # the lr this step's update uses
-            for _ in range(cfg.grad_accum):
-                batch = send_to_device(next(data), accelerator.device, non_blocking=True)
-                with accelerator.accumulate(model):
-                    out = model(batch)
-                    if not isinstance(out, dict) or "loss" not in out:
-                        raise TypeError(f"{type(task).__name__}.forward must return a dict with a 'loss'")
-                    accelerator.backward(out["loss"])  # scaled by 1/grad_accum inside
-                    if accelerator.sync_gradients:
-                        max_norm = optim_cfg.grad_clip if optim_cfg.grad_clip > 0 else math.inf
-                        grad_norm = accelerator.clip_grad_norm_(params, max_norm)  # norm before clipping
-                    optimizer.step()  # no-op until the last micro-batch
-                    if accelerator.sync_gradients and not optimizer.step_was_skipped:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                window.add_micro(out)
-            assert accelerator.sync_gradients, "accumulation out of step with the data"
-            if ema is not None:
-                ema.step(params)
-            window.add_step(grad_norm)
+                hook(step, schedule.epoch_of(step))
+            lr = run.optimizer.param_groups[0]["lr"]  # the lr this step's update uses
+            window.add_step(_optimizer_step(run, data, window))
             done = step + 1
             bar.advance(1)
-
             if done % cfg.log_every == 0 or done == cfg.steps:
                 means, n_steps, dt = window.flush(accelerator)  # collective: every process reaches it
                 row = {"step": done, "epoch": schedule.epoch_of(step), "loss": means.pop("loss"), "lr": lr,
@@ -268,27 +209,44 @@ def train(
                 last_loss = row["loss"]
                 losses.append(last_loss)
                 if main:
-                    st.append_metrics(out_dir, row)
-                    if tb is not None:
-                        for k, v in row.items():
-                            if k not in ("step", "epoch"):
-                                tb.add_scalar(k, v, done)
+                    _log_row(run.out_dir, row, tb)
                 bar.set_loss(last_loss)
-
             if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.steps:
-                _save_checkpoint(accelerator, out_dir, done, schedule, last_loss, cfg.keep_checkpoints)
-            if stop_after is not None and done >= stop_after and done < cfg.steps:
-                raise StopTraining(f"stopped after step {done} (stop_after={stop_after})")
+                _save_checkpoint(accelerator, run.out_dir, done, schedule, last_loss, cfg.keep_checkpoints)
+    return losses, last_loss
 
-    # -- export ----------------------------------------------------------------------------------
-    export_dir = _export(accelerator, task, params, ema, out_dir, run_config)
-    return TrainResult(
-        steps=max(start_step, cfg.steps),
-        final_loss=last_loss,
-        losses=losses,
-        export_dir=export_dir,
-        seconds=time.perf_counter() - t_start,
-    )
+
+def _optimizer_step(run: _Run, data: Iterator, window: _Window) -> torch.Tensor:
+    """One optimizer step over `train.grad_accum` micro-batches of `data`, then EMA; the gradient norm
+    before clipping."""
+    accelerator = run.accelerator
+    for _ in range(run.cfg.grad_accum):
+        batch = send_to_device(next(data), accelerator.device, non_blocking=True)
+        with accelerator.accumulate(run.model):
+            out = run.model(batch)
+            if not isinstance(out, dict) or "loss" not in out:
+                raise TypeError(f"{type(run.task).__name__}.forward must return a dict with a 'loss'")
+            accelerator.backward(out["loss"])  # scaled by 1/grad_accum inside
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(run.params, run.grad_clip)  # norm before clipping
+            run.optimizer.step()  # no-op until the last micro-batch
+            if accelerator.sync_gradients and not run.optimizer.step_was_skipped:
+                run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        window.add_micro(out)
+    assert accelerator.sync_gradients, "accumulation out of step with the data"
+    if run.ema is not None:
+        run.ema.step(run.params)
+    return grad_norm
+
+
+def _log_row(out_dir: Path, row: dict, tb) -> None:
+    """Main process: one metrics.jsonl line, and the same scalars to TensorBoard when it is installed."""
+    st.append_metrics(out_dir, row)
+    if tb is not None:
+        for k, v in row.items():
+            if k not in ("step", "epoch"):
+                tb.add_scalar(k, v, row["step"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -328,6 +286,119 @@ def _validate(train_cfg: TrainConfig, optim_cfg: OptimConfig) -> None:
 def _get(t: TrainConfig, o: OptimConfig, path: str) -> Any:
     group, name = path.split(".")
     return getattr(t if group == "train" else o, name)
+
+
+def _make_accelerator(task: nn.Module, cfg: TrainConfig, out_dir: Path) -> Accelerator:
+    """The run's Accelerator: precision, gradient accumulation, DDP's unused-parameter search."""
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    _allow_precision(precision)
+    return Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        project_dir=str(out_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(
+            find_unused_parameters=getattr(task, "find_unused_parameters", True))],
+    )
+
+
+def _allow_precision(precision: str) -> None:
+    """Clear Accelerate's process-wide state when an earlier `train` in this process fixed another precision.
+
+    Accelerate keeps one `AcceleratorState` per process, and `Accelerator(mixed_precision=...)` raises
+    ValueError when the state already holds another precision ("restart your runtime"). It offers no public
+    way to change or clear that state (checked for accelerate 1.16), so this is the one call into its private
+    API in lostcli, the same call its own tests and transformers' `TrainingArguments` make. A process that
+    trains with one precision (every `lost` command) never reaches it; only a second `train` call with
+    another precision does (tests, notebooks).
+    """
+    if is_initialized() and AcceleratorState().mixed_precision != precision:
+        AcceleratorState._reset_state()
+
+
+def _checkpoint_to_resume(out_dir: Path, resume: bool) -> Path | None:
+    """The newest complete checkpoint when resuming; ConfigError if a fresh run would overwrite one."""
+    existing = st.latest_checkpoint(out_dir)
+    if existing is not None and not resume:
+        raise ConfigError(f"{out_dir}: already holds checkpoints ({existing.name}); resume, or use a new "
+                          "output directory")
+    if resume and existing is None:
+        log.info("%s: no checkpoint to resume from; starting fresh", out_dir)
+    return existing if resume else None
+
+
+def _prepare(accelerator: Accelerator, task: nn.Module, cfg: TrainConfig, optim_cfg: OptimConfig,
+             out_dir: Path) -> _Run:
+    """Optimizer, lr schedule and EMA for the task's trainable parameters, prepared by Accelerate."""
+    params = [p for p in task.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{type(task).__name__}: has no trainable parameters")
+    optimizer = _build_optimizer(task, optim_cfg)
+    scheduler = _build_scheduler(optimizer, optim_cfg, cfg.steps)
+    model, optimizer = accelerator.prepare(task, optimizer)
+    # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step it
+    # num_processes times), so it means the same on any world size; it is checkpointed as a custom object.
+    accelerator.register_for_checkpointing(scheduler)
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
+        accelerator.register_for_checkpointing(ema)
+    grad_clip = optim_cfg.grad_clip if optim_cfg.grad_clip > 0 else math.inf
+    return _Run(accelerator, task, model, optimizer, scheduler, ema, params, cfg, grad_clip, out_dir)
+
+
+def _load_checkpoint(run: _Run, ckpt: Path | None) -> tuple[int, float]:
+    """Restore model, optimizer, schedule, EMA and RNG states from `ckpt`; (its step, its loss)."""
+    if ckpt is None:
+        return 0, float("nan")
+    try:
+        run.accelerator.load_state(str(ckpt))
+    except (RuntimeError, ValueError, KeyError, FileNotFoundError) as e:
+        raise CheckpointError(f"{ckpt}: cannot resume ({str(e).splitlines()[0]})") from None
+    if run.ema is not None:
+        run.ema.to(device=run.accelerator.device)  # Accelerate loads custom objects onto the CPU
+    saved = st.read_state(ckpt)
+    return int(saved["step"]), float(saved["loss"])
+
+
+def _make_loader(dataset: Dataset, cfg: TrainConfig, accelerator: Accelerator, start_step: int,
+                 collate_fn: Callable | None) -> tuple[st.DataSchedule, DataLoader]:
+    """The step-indexed data order and this process's loader over its steps start_step..cfg.steps-1."""
+    try:
+        num_items = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(f"{type(dataset).__name__}: the training loop needs a dataset with a length") from None
+    schedule = st.make_schedule(num_items, cfg.batch_size, accelerator.num_processes, cfg.grad_accum, cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=st.StepBatchSampler(schedule, accelerator.process_index, start_step, cfg.steps),
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        pin_memory=accelerator.device.type == "cuda",
+        # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+        # which would shift every later random draw of a resumed run.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    return schedule, loader
+
+
+def _open_run_dir(run: _Run, schedule: st.DataSchedule, ckpt: Path | None, start_step: int, loop_cfg: dict,
+                  run_config: dict | None) -> None:
+    """Main process: create out_dir, drop what a killed run left past its checkpoint, record this call."""
+    out_dir, accelerator = run.out_dir, run.accelerator
+    out_dir.mkdir(parents=True, exist_ok=True)
+    st.remove_stale_tmp(out_dir)
+    st.truncate_metrics(out_dir, start_step)  # drop lines a killed run logged past its checkpoint
+    st.record_invocation(out_dir, run_config, loop_cfg, {
+        "argv": list(sys.argv),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from": str(ckpt) if ckpt is not None else None,
+        "start_step": start_step,
+        "world_size": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+    })
+    if ckpt is not None:
+        _warn_if_layout_changed(st.read_state(ckpt), schedule)
 
 
 def _build_optimizer(task: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -408,26 +479,21 @@ def _export(accelerator: Accelerator, task: nn.Module, params: list[torch.nn.Par
     final = out_dir / EXPORT_DIR
     accelerator.wait_for_everyone()
     if export is not None and accelerator.is_main_process:
-        tmp = out_dir / (EXPORT_DIR + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
         was_training = task.training
         task.eval()
         if ema is not None:
             ema.store(params)
             ema.copy_to(params)
         try:
-            export(tmp)
-            if run_config is not None:
-                (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+            with atomic_dir(final) as tmp:
+                tmp.mkdir(parents=True)
+                export(tmp)
+                if run_config is not None:
+                    (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
         finally:
             if ema is not None:
                 ema.restore(params)
             task.train(was_training)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
     accelerator.wait_for_everyone()
     return final if export is not None else None
 

@@ -39,6 +39,7 @@ from ..config import OptimConfig, TrainConfig
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.rida import RidaStudent, build_student, pool_grid, view_grids
+from .loop import Task
 
 LATENTS, FEATURES = "latents", "features"
 OBJECTIVES = ("rida", "regression")
@@ -298,7 +299,7 @@ def build_student_for(cfg: RidaRunConfig, dataset: RidaDataset) -> RidaStudent:
 # ----------------------------------------------------------------------------------------------------
 
 
-class RidaTask(torch.nn.Module):
+class RidaTask(Task):
     """Trains the student on (latent, teacher features) batches with the RIDA or the regression objective."""
 
     def __init__(self, student: RidaStudent, loss: RidaLossConfig, run_config: dict | None = None,

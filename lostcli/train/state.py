@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import DataError
+from ..persist import atomic_write_json, replace_dir
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -192,9 +193,7 @@ def remove_stale_tmp(out_dir: Path) -> None:
 
 def commit_checkpoint(tmp: Path, final: Path) -> None:
     """Atomically publish a fully written checkpoint (replacing one of the same step, if any)."""
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    replace_dir(tmp, final)
 
 
 def rotate_checkpoints(out_dir: Path, keep: int) -> list[Path]:
@@ -220,9 +219,7 @@ def record_invocation(out_dir: Path, run_config: dict | None, loop_config: dict,
         history = json.loads(path.read_text())["invocations"]
     doc = {"argv": invocation["argv"], "run_config": run_config, "loop": loop_config,
            "invocations": history + [invocation]}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, doc)
 
 
 def truncate_metrics(out_dir: Path, start_step: int) -> None:

@@ -5,7 +5,7 @@ reproduces it), and minimises the symmetric InfoNCE loss with a learned logit sc
 captions are identical are all counted as positives of each other (soft targets), so repeated captions
 in a batch are not pushed apart. With `data.category_caption_prob` p > 0, each pair uses the short caption
 "a CATEGORY" with probability p, so shapes of one category in a batch become positives. The export is the
-built-in teacher folder that `load_teacher` reads.
+built-in teacher folder that `teachers.load_teacher` reads.
 """
 
 from __future__ import annotations

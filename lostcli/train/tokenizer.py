@@ -7,7 +7,7 @@ One training step on a batch of raw latents z (the `latents` table, key "z"):
     keep   = sample_keep(nested = epoch >= nest_after)      all R during the first `nest_after` epochs
     drop   = sample_drop()                                  whole condition -> null tokens with p = cfg_drop_prob
     x_t, t, target = noised(x0, noise, u)                   flow matching by default (models/flow.py)
-    pred   = decoder_forward(x_t, t, tokens, keep, drop)
+    pred   = decode(tokens, keep, x_t, t, drop)
     L      = MSE(pred, target) + lambda (1 - cos(f(x0_hat), f(x0))),   x0_hat = predict_x0(x_t, t, pred)
 
 f is the frozen RIDA student (paper: lambda = 1.0); it reads its own normalisation of the RAW latents, so
@@ -27,13 +27,12 @@ import torch.nn.functional as F
 
 from ..config import OptimConfig, TrainConfig, to_dict
 from ..data.loader import StoreDataset
-from ..data.store import DatasetStore
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..models.flow import KINDS, PREDICTION, PREDICTIONS, TIME_SAMPLING, noised, predict_x0, sample_u
 from ..models.lost import KEEP_MODES, LoSTTokenizer, build_tokenizer
 from ..models.rida import RidaStudent
+from .loop import Task
 
-LATENTS = "latents"
 SEMANTIC_FORMS = ("spatial", "global")
 LOSS_SPACES = ("prediction", "velocity")
 VELOCITY_MIN_SIGMA = 0.05  # the v-loss of an x0 decoder divides by sigma no smaller than this
@@ -135,28 +134,6 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def require_latents(store: DatasetStore) -> None:
-    """DataError naming the dataset when it has no `latents` table yet."""
-    if not store.has_table(LATENTS):
-        raise DataError(f"{store.root}: no '{LATENTS}' table (run `lost dataset latents {store.root} --vae VAE` first)")
-
-
-def open_latents(root: str | Path, split: str | None = "train") -> tuple[StoreDataset, dict]:
-    """The `latents` table of a dataset as items {"z": raw [C, H, W], "index"}, and its stats.json.
-
-    Raises:
-        DataError: no latents table, no statistics, or no items of the split.
-    """
-    root = Path(root)
-    store = DatasetStore(root)
-    require_latents(store)
-    stats = store.read_stats(LATENTS)
-    for key in ("mean", "std"):
-        if not isinstance(stats.get(key), list):
-            raise DataError(f"{root / LATENTS / 'stats.json'}: no per-channel '{key}' list")
-    return StoreDataset(root, ["z"], split=split, table=LATENTS), stats
-
-
 def decoder_target(cfg: TokenizerObjectiveConfig) -> str:
     """What the decoder predicts under these settings ("auto": the scheduler's native target)."""
     return PREDICTION[cfg.scheduler] if cfg.prediction == "auto" else cfg.prediction
@@ -248,7 +225,7 @@ class RepaProjector(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-class TokenizerTask(nn.Module):
+class TokenizerTask(Task):
     """Trains the LoST tokenizer (encoder + DiT decoder) on raw-latent batches {"z": [B, C, H, W]}.
 
     Args:
@@ -306,9 +283,9 @@ class TokenizerTask(nn.Module):
         x_t, t, target = noised(cfg.scheduler, x0, torch.randn_like(x0), u, cfg.num_train_timesteps,
                                 tok.config.prediction)
         if self.projector is not None:
-            pred, hidden = tok.decoder.forward_with_hidden(x_t, t, tokens, keep, drop, cfg.repa_layer)
+            pred, hidden = tok.decode_with_hidden(tokens, keep, x_t, t, drop, cfg.repa_layer)
         else:
-            pred, hidden = tok.decoder_forward(x_t, t, tokens, keep, drop), None  # [B, C, H, W]
+            pred, hidden = tok.decode(tokens, keep, x_t, t, drop), None  # [B, C, H, W]
         if cfg.loss_space == "velocity":  # x0 decoder, v-loss: |x0_hat - x0|^2 / sigma^2
             w = t.float().clamp(min=VELOCITY_MIN_SIGMA).pow(-2).view(-1, *([1] * (x0.dim() - 1)))
             denoise = ((pred.float() - target.float()).pow(2) * w).mean()
@@ -341,7 +318,7 @@ class TokenizerTask(nn.Module):
         ones = torch.ones(x0.shape[0], device=x0.device)
         x_t, t, _ = noised(cfg.scheduler, x0, torch.randn_like(x0), ones, cfg.num_train_timesteps,
                            tok.config.prediction)
-        pred = tok.decoder_forward(x_t, t, tokens, keep, drop)
+        pred = tok.decode(tokens, keep, x_t, t, drop)
         x0_hat = predict_x0(cfg.scheduler, x_t, t, pred, cfg.num_train_timesteps, tok.config.prediction)
         err = (x0_hat.float() - x0.float()).pow(2).flatten(1).mean(1)  # [B]
         use = (~drop).float()

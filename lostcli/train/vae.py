@@ -14,6 +14,7 @@ from ..config import OptimConfig, TrainConfig
 from ..data.sampling import semi_continuous_target
 from ..errors import ConfigError
 from ..latent.base import ShapeVAE, build_vae, get_vae_class
+from .loop import Task
 
 
 @dataclass
@@ -67,7 +68,7 @@ def build_model(cfg: VaeModelConfig) -> ShapeVAE:
         raise ConfigError(f"model.overrides{sep}{e}") from None
 
 
-class VaeTask(torch.nn.Module):
+class VaeTask(Task):
     """Occupancy reconstruction + KL. Batches hold surface points/normals and stored occupancy samples."""
 
     def __init__(self, vae: ShapeVAE, loss: VaeLossConfig, run_config: dict | None = None):

@@ -1,4 +1,5 @@
-"""The VAE round trip users of Direct3D keep asking for: mesh -> latent -> mesh, with Chamfer/F-score."""
+"""The VAE round trip users of Direct3D keep asking for: mesh -> latent -> mesh, with Chamfer/F-score
+(`lost vae reconstruct`; one mesh file, where `eval/vae_eval.py` measures a whole split)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from pathlib import Path
 import torch
 import trimesh
 
-from ..batch.latents import encode_points_for
 from ..data.mesh import export_mesh, load_mesh, normalize_mesh
 from ..data.sampling import sample_surface
-from ..eval.geometry import mesh_metrics
-from ..latent.base import ShapeVAE
+from ..latent.base import ShapeVAE, encode_points_for
 from ..latent.hub import resolve_vae
+from .geometry import mesh_metrics
 
 
 @dataclass
