@@ -191,6 +191,56 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _load_weights_object(path: Path, mmap: bool = False) -> Any:
+    """What a .safetensors or .ckpt/.pt/.pth/.bin file holds (pickles weights only; `mmap`: map a zip-format
+    pickle instead of reading it, so a multi-GB checkpoint costs no memory until its tensors are used)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    if suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: unsupported weights format '{suffix}' (expected .safetensors, {', '.join(PICKLE_SUFFIXES)})"
+        )
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) pickles: no mmap
+    except pickle.UnpicklingError as e:
+        # The weights-only unpickler met a class or function: never run it, name it instead.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{path}: refuses to unpickle arbitrary objects (found {found.group(1)}; weights_only=True); "
+                "re-save the state dict as .safetensors or a plain dict of tensors"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt or not a torch file)") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
+
+
+def _tensors_only(sd: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
+    """`sd` with wrapper prefixes stripped, once every entry is known to be a tensor (CheckpointError if not)."""
+    import torch
+
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{where}: entry '{bad[0]}' is a {type(sd[bad[0]]).__name__}, not a tensor")
+    if not sd:
+        raise CheckpointError(f"{where}: holds no tensors")
+    return _strip_prefixes(dict(sd))
+
+
 def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors, or from a .ckpt/.pt/.pth/.bin pickle (weights only).
 
@@ -205,43 +255,32 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
     Raises:
         CheckpointError: missing, unreadable, unsafe (arbitrary pickled objects) or non-tensor content.
     """
-    import torch
-    from safetensors.torch import load_file
-
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        try:
-            obj: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
-    elif suffix in PICKLE_SUFFIXES:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            # The weights-only unpickler met a class or function: never run it, name it instead.
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            if found:
-                raise CheckpointError(
-                    f"{path}: refuses to unpickle arbitrary objects (found {found.group(1)}; weights_only=True); "
-                    "re-save the state dict as .safetensors or a plain dict of tensors"
-                ) from None
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt or not a torch file)") from None
-        except (RuntimeError, OSError, EOFError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
-    else:
-        raise CheckpointError(
-            f"{path}: unsupported weights format '{suffix}' (expected .safetensors, {', '.join(PICKLE_SUFFIXES)})"
-        )
-    sd = _unwrap(obj, path, key)
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: entry '{bad[0]}' is a {type(sd[bad[0]]).__name__}, not a tensor")
-    if not sd:
-        raise CheckpointError(f"{path}: holds no tensors")
-    return _strip_prefixes(dict(sd))
+    return _tensors_only(_unwrap(_load_weights_object(path), path, key), str(path))
+
+
+def read_state_dict_parts(path: str | Path, parts: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
+    """The state dicts a combined checkpoint holds under each of `parts`, read in one pass (memory-mapped).
+
+    Direct3D's `model.ckpt` is `{"vae": state_dict, "dit": state_dict}` (4.3 GB); a part the file lacks is left
+    out of the result, so the caller decides whether that is an error.
+
+    Raises:
+        CheckpointError: missing, unreadable or unsafe file, not a dict, or a part holding something else than
+            a non-empty dict of tensors.
+    """
+    path = Path(path)
+    obj = _load_weights_object(path, mmap=True)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of state dicts, found {type(obj).__name__}")
+    out = {}
+    for part in parts:
+        if part not in obj:
+            continue
+        if not isinstance(obj[part], dict):
+            raise CheckpointError(f"{path}: '{part}' is a {type(obj[part]).__name__}, not a state dict")
+        out[part] = _tensors_only(obj[part], f"{path} [{part}]")
+    return out
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from lostcli.errors import CheckpointError
-from lostcli.persist import compare_state_dict, load_strict, read_state_dict
+from lostcli.persist import compare_state_dict, load_strict, read_state_dict, read_state_dict_parts
 
 
 class Custom:
@@ -108,3 +108,24 @@ def test_missing_and_misshapen_keys_are_named():
     with pytest.raises(CheckpointError):
         load_strict(model, sd, "src.pt")
     assert torch.equal(model[0].weight, before)  # nothing loaded on failure
+
+
+def test_combined_checkpoint_parts_in_one_read(tmp_path):
+    vae, dit = _state(1), _state(2)
+    torch.save({"vae": vae, "dit": dit, "epoch": 3}, tmp_path / "model.ckpt")  # Direct3D's image-to-3D layout
+    parts = read_state_dict_parts(tmp_path / "model.ckpt", ("vae", "dit", "ema"))
+    assert sorted(parts) == ["dit", "vae"]  # a part the file lacks is left out
+    for name, sd in (("vae", vae), ("dit", dit)):
+        assert sorted(parts[name]) == sorted(sd) and all(torch.equal(parts[name][k], sd[k]) for k in sd)
+    torch.save({"vae": vae, "dit": [1, 2]}, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match=r"odd.ckpt: 'dit' is a list, not a state dict"):
+        read_state_dict_parts(tmp_path / "odd.ckpt", ("vae", "dit"))
+    torch.save({"vae": vae, "dit": {"w": torch.zeros(1), "step": 5}}, tmp_path / "mixed.ckpt")
+    with pytest.raises(CheckpointError, match=r"mixed.ckpt \[dit\]: entry 'step' is a int"):
+        read_state_dict_parts(tmp_path / "mixed.ckpt", ("vae", "dit"))
+    torch.save({"vae": vae, "dit": {"obj": Custom()}}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match=r"evil.ckpt: refuses to unpickle arbitrary objects"):
+        read_state_dict_parts(tmp_path / "evil.ckpt", ("vae", "dit"))
+    torch.save([vae], tmp_path / "list.ckpt")
+    with pytest.raises(CheckpointError, match=r"list.ckpt: expected a dict of state dicts, found list"):
+        read_state_dict_parts(tmp_path / "list.ckpt", ("vae", "dit"))

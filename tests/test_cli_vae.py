@@ -347,6 +347,40 @@ def test_check_refuses_pickled_objects(tmp_path, capsys):
     assert UNPICKLED == []  # the object's code never ran
 
 
+def test_check_combined_model_ckpt_names_bad_keys_per_part(tmp_path, capsys):
+    """Direct3D's image-to-3D model.ckpt {"vae": ..., "dit": ...}: both parts checked, each bad key named."""
+    from lostcli.latent.direct3d_dit import Direct3DDiT
+
+    torch.manual_seed(0)
+    vae, dit = TriplaneVAE.from_preset("tiny").state_dict(), Direct3DDiT.from_preset("tiny").state_dict()
+    good = tmp_path / "model.ckpt"
+    torch.save({"vae": vae, "dit": dit}, good)
+    code, out, err = cli(capsys, "vae", "check", good, "--preset", "tiny")
+    assert code == 0, err
+    assert "vae: matches" in out and "dit: matches" in out and "loads strictly as preset tiny" in out
+
+    bad_dit = {k: v for k, v in dit.items() if k != "transformer_blocks.1.attn2.to_k.bias"}
+    bad_dit["proj_out.weight"] = torch.zeros(31, 32)
+    bad_dit["pos_embed.pos_embed"] = torch.zeros(1, 48, 32)  # the buffer is computed, never stored
+    bad_vae = {k: v for k, v in vae.items() if k != "pre_latent.bias"}
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"vae": bad_vae, "dit": bad_dit}, bad)
+    code, out, err = cli(capsys, "vae", "check", bad, "--preset", "tiny")
+    assert code == 2
+    vae_part, dit_part = out.split("dit:", 1)
+    assert "missing: pre_latent.bias" in vae_part and "transformer_blocks" not in vae_part
+    assert "missing: transformer_blocks.1.attn2.to_k.bias" in dit_part
+    assert "unexpected: pos_embed.pos_embed" in dit_part
+    assert "shape mismatch: proj_out.weight expects [32, 32], file has [31, 32]" in dit_part
+    assert str(bad) in one_error(err) and "2 part(s) with mismatches" in err
+
+    torch.save({"dit": dit}, tmp_path / "no_vae.ckpt")  # the VAE half absent: all of its keys missing
+    reports = check_checkpoint(tmp_path / "no_vae.ckpt", "tiny")
+    assert reports["dit"].ok and sorted(reports["vae"].missing) == sorted(vae)
+    torch.save({"vae": vae}, tmp_path / "vae.ckpt")  # Direct3D's vae.ckpt: the VAE alone, as before
+    assert list(check_checkpoint(tmp_path / "vae.ckpt", "tiny")) == ["vae"]
+
+
 def test_vae_missing_path_is_one_line(tmp_path, prepared, capsys):
     missing = tmp_path / "nowhere" / "export"
     code, _, err = cli(capsys, "vae", "reconstruct", PENGUIN, "--vae", missing, "--json")

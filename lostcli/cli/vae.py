@@ -133,12 +133,15 @@ def evaluate(
 
 @app.command("check")
 def check(
-    ckpt: Annotated[Path, typer.Argument(help="Checkpoint: Direct3D vae.ckpt/.safetensors, or a TRELLIS folder/json prefix.")],
+    ckpt: Annotated[Path, typer.Argument(help="Checkpoint: Direct3D vae.ckpt/.safetensors or model.ckpt (VAE + DiT), "
+                                               "or a TRELLIS folder/json prefix.")],
     preset: Annotated[str, typer.Option("--preset", help="direct3d or trellis (or tiny).")] = "direct3d",
 ) -> None:
     """Does this downloaded checkpoint fit the preset? Lists every missing, unexpected or misshapen key.
 
-    Exit code 0 only when it loads strictly.
+    Direct3D's image-to-3D model.ckpt is checked in both parts, "vae" and "dit". Exit code 0 only when every
+    part loads strictly.
+    Example: lost vae check model.ckpt --preset direct3d
     """
     from ..errors import CheckpointError
     from ..latent.hub import check_checkpoint

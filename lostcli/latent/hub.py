@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from .base import ShapeVAE, load_vae
 
+COMBINED_PARTS = ("vae", "dit")  # the halves of Direct3D's image-to-3D model.ckpt
 PRESET_CLASS = {"direct3d": "TriplaneVAE", "tiny": "TriplaneVAE", "trellis": "SparseStructureVAE"}
 
 # Hub repositories of released weights and the files in them.
@@ -71,21 +72,27 @@ def check_checkpoint(path: str | Path, preset: str) -> dict:
     """Compare a downloaded checkpoint with a preset, key by key, without loading any values.
 
     Returns:
-        {part name: StateDictReport}: one part for Direct3D ("vae"), two for TRELLIS ("encoder", "decoder").
+        {part name: StateDictReport}: for Direct3D "vae", or "vae" and "dit" when the file is the image-to-3D
+        `model.ckpt` ({"vae": ..., "dit": ...}); for TRELLIS "encoder" and "decoder".
     """
     import torch
 
-    from ..persist import compare_state_dict, read_state_dict
+    from ..persist import PICKLE_SUFFIXES, compare_state_dict, read_state_dict, read_state_dict_parts
 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if preset in ("direct3d", "tiny"):
         from .direct3d import TriplaneVAE
+        from .direct3d_dit import Direct3DDiT
 
-        with torch.device("meta"):  # shapes only: no 119M-parameter allocation
-            model = TriplaneVAE.from_preset(preset)
-        return {"vae": compare_state_dict(model, read_state_dict(path))}
+        with torch.device("meta"):  # shapes only: no 119M / 950M-parameter allocation
+            vae, dit = TriplaneVAE.from_preset(preset), Direct3DDiT.from_preset(preset)
+        parts = read_state_dict_parts(path, COMBINED_PARTS) if path.suffix.lower() in PICKLE_SUFFIXES else {}
+        if "dit" not in parts:  # vae.ckpt, a bare or safetensors VAE state dict: the VAE alone
+            return {"vae": compare_state_dict(vae, parts["vae"] if "vae" in parts else read_state_dict(path))}
+        # model.ckpt {"vae": ..., "dit": ...}: both halves, a missing half reported as all of its keys missing
+        return {"vae": compare_state_dict(vae, parts.get("vae", {})), "dit": compare_state_dict(dit, parts["dit"])}
     if preset == "trellis":
         from .trellis import PRESETS, SparseStructureDecoder, SparseStructureEncoder, _find_in_dir
 
