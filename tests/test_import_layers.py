@@ -20,7 +20,7 @@ LAYERS = (
     ("persist", "weights", "_torchvision_shim"),  # atomic writes and model folders, where weights are, a shim
     ("data", "latent"),  # dataset store, meshes, renders | shape VAEs and their checkpoints
     ("models",),  # networks (tensors in, tensors out) and their folders
-    ("teachers", "bundle"),  # teachers and text encoders by spec | the bundle folder and bundle.json
+    ("teachers", "bundle", "image3d"),  # teachers and text encoders by spec | the bundle folder | image to 3D
     ("train", "pipeline"),  # training stages | the inference pipeline over an exported bundle
     ("eval", "batch"),  # metrics and reports | jobs over every item of a dataset store
     ("bench", "demo"),  # speed and memory benchmarks | the end-to-end demo

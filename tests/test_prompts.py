@@ -55,3 +55,18 @@ def test_synth_prompts_name_the_builtin_categories():
     prompts = synth_prompts(2 * len(CATEGORIES), seed=0)
     assert prompts == [p for _, p in items] and len(set(prompts)) == len(prompts)
     assert synth_prompts(5, seed=1) != synth_prompts(5, seed=2)
+
+
+def test_prompt_lines_keep_line_numbers_and_count_what_was_skipped(tmp_path):
+    from lostcli.data.prompts import read_prompt_lines
+
+    path = tmp_path / "p.txt"
+    path.write_text("1. a red chair\n\n# note\nlamp\t2) a brass lamp\n   \n", encoding="utf-8")
+    plain = read_prompt_lines(path)
+    assert [(i.line, i.category, i.prompt) for i in plain.items] == [(1, None, "1. a red chair"),
+                                                                     (4, "lamp", "2) a brass lamp")]
+    assert (plain.blank, plain.comments) == (2, 1)
+    numbered = read_prompt_lines(path, numbered=True)
+    assert [i.prompt for i in numbered.items] == ["a red chair", "a brass lamp"]
+    with pytest.raises(DataError, match="prompt file not found"):
+        read_prompt_lines(tmp_path / "nope.txt")

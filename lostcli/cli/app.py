@@ -42,8 +42,10 @@ app.command("info", help="Versions, device, threads and the pretrained weights t
 
 def _register() -> None:
     """Attach command groups; each lives in its own module (heavy imports happen inside the commands)."""
-    from . import dataset, dataset_models, demo, eval as eval_cmd, gpt, rida, teacher, tokenizer, tokens, vae
+    from . import (dataset, dataset_images, dataset_models, demo, eval as eval_cmd, gpt, rida, teacher, tokenizer,
+                   tokens, vae)
 
+    dataset.app.command("images")(dataset_images.images)
     dataset.app.command("latents")(dataset_models.latents)
     dataset.app.command("features")(teacher.features)
     dataset.app.command("tokens")(tokens.dataset_tokens)

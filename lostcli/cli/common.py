@@ -119,9 +119,12 @@ def process_info():
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # Without cpu=True, Accelerate starts no process group on a machine without CUDA: every process
+        # would think it is alone and do all the work.
+        state = PartialState(cpu=not torch.cuda.is_available())
         return state.process_index, state.num_processes, state.wait_for_everyone
     return 0, 1, lambda: None
 

@@ -4,11 +4,13 @@
 (everyday objects and tools, characters and creatures, architecture, vehicles and machinery,
 organic things: flora, fauna and food). `PROMPT_TEMPLATE` asks a language model for such a list
 when one is available. `synth_prompts` phrases prompts the way the built-in dataset's captions do,
-for evaluating text-to-shape on the built-in categories.
+for evaluating text-to-shape on the built-in categories. `read_prompt_lines` / `read_prompt_file` read a prompt
+file (one prompt per line, optionally CATEGORY<TAB>prompt) for generation, evaluation and `lost dataset images`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,26 +207,71 @@ def synth_prompts(n: int, seed: int) -> list[str]:
     return [prompt for _, prompt in synth_prompt_items(n, seed)]
 
 
-def read_prompt_file(path: str | Path) -> list[tuple[str | None, str]]:
-    """A prompt file: one prompt per line, or "CATEGORY<TAB>prompt" to grade class accuracy; blank lines and
-    lines starting with # are skipped.
+@dataclass(frozen=True)
+class PromptLine:
+    """One prompt of a prompt file."""
+
+    line: int  # 1-based line number in the file
+    category: str | None  # the optional CATEGORY<TAB> column
+    prompt: str
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """The prompts of a file and what was skipped to get them."""
+
+    path: Path
+    items: list[PromptLine]
+    blank: int  # empty or whitespace-only lines skipped
+    comments: int  # lines starting with '#' skipped
+
+
+_LIST_NUMBER = re.compile(r"^\d+[.)]\s+")  # "12. " / "12) ": the numbering PROMPT_TEMPLATE asks a language model for
+
+
+def read_prompt_lines(path: str | Path, numbered: bool = False) -> PromptFile:
+    """A prompt file line by line: one prompt per line, or "CATEGORY<TAB>prompt"; blank lines and lines
+    starting with # are skipped and counted.
+
+    Args:
+        numbered: drop a leading list number ("12. a brass telescope"), as a language model answering
+            `PROMPT_TEMPLATE` writes them.
 
     Raises:
-        DataError: unreadable, or no prompt in it (one line naming the file).
+        DataError: missing, unreadable, or no prompt in it (one line naming the file).
     """
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prompt file not found" if not path.exists() else f"{path}: not a prompt file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the prompt file ({type(e).__name__})") from None
-    items: list[tuple[str | None, str]] = []
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
+    items: list[PromptLine] = []
+    blank = comments = 0
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            blank += 1
+            continue
+        if line.lstrip().startswith("#"):
+            comments += 1
             continue
         cat, _, prompt = line.partition("\t") if "\t" in line else ("", "", line)
-        if not prompt.strip():
-            raise DataError(f"{path}: empty prompt after the category in line {line!r}")
-        items.append((cat.strip() or None, prompt.strip()))
+        prompt = _LIST_NUMBER.sub("", prompt.strip()) if numbered else prompt.strip()
+        if not prompt:
+            raise DataError(f"{path}:{lineno}: empty prompt in line {line!r}")
+        items.append(PromptLine(lineno, cat.strip() or None, prompt))
     if not items:
-        raise DataError(f"{path}: no prompts (one per line, optionally CATEGORY<TAB>prompt)")
-    return items
+        what = "empty file" if not lines else f"{blank} blank and {comments} comment lines"
+        raise DataError(f"{path}: no prompts ({what}; one per line, optionally CATEGORY<TAB>prompt)")
+    return PromptFile(path, items, blank, comments)
+
+
+def read_prompt_file(path: str | Path) -> list[tuple[str | None, str]]:
+    """A prompt file as (category or None, prompt) pairs (`read_prompt_lines`): one prompt per line, or
+    "CATEGORY<TAB>prompt" to grade class accuracy; blank lines and lines starting with # are skipped.
+
+    Raises:
+        DataError: missing, unreadable, or no prompt in it (one line naming the file).
+    """
+    return [(item.category, item.prompt) for item in read_prompt_lines(path).items]
