@@ -42,11 +42,12 @@ app.command("info", help="Versions, device, threads and the pretrained weights t
 
 def _register() -> None:
     """Attach command groups; each lives in its own module (heavy imports happen inside the commands)."""
-    from . import (dataset, dataset_images, dataset_models, demo, eval as eval_cmd, gpt, rida, teacher, tokenizer,
-                   tokens, vae)
+    from . import (dataset, dataset_images, dataset_models, demo, eval as eval_cmd, gpt, image3d, rida, teacher,
+                   tokenizer, tokens, vae)
 
     dataset.app.command("images")(dataset_images.images)
     dataset.app.command("latents")(dataset_models.latents)
+    dataset.app.command("lift")(image3d.lift)
     dataset.app.command("features")(teacher.features)
     dataset.app.command("tokens")(tokens.dataset_tokens)
     tokenizer.app.command("export")(tokens.tokenizer_export)
@@ -56,6 +57,7 @@ def _register() -> None:
     app.add_typer(rida.app, name="rida", help="RIDA: align the 3D latent space with the teacher; retrieval table.")
     app.add_typer(tokenizer.app, name="tokenizer", help="The LoST tokenizer: train, export a model bundle.")
     app.add_typer(gpt.app, name="gpt", help="LoST-GPT: train text -> tokens, export into a model bundle.")
+    app.add_typer(image3d.app, name="image3d", help="Image to 3D (Direct3D's DiT): train the tiny model on renders.")
     app.add_typer(eval_cmd.app, name="eval", help="Evaluation: render classifier, reconstruction table.")
     app.command("train-tokenizer", help="Alias of `lost tokenizer train`.")(tokenizer.train)
     app.command("tokenize", help="Mesh -> ordered LoST tokens (safetensors with metadata).")(tokens.tokenize)

@@ -52,6 +52,7 @@ class SchedulerConfig:
     beta_end: float = 0.02
     beta_schedule: str = "linear"
     prediction_type: str = "epsilon"
+    scale_init_noise: bool = False  # False: x_T ~ N(0, I) as the release draws it; True: times init_noise_sigma
 
 
 @dataclass
@@ -89,7 +90,7 @@ def make_scheduler(cfg: SchedulerConfig) -> Any:
     """A fresh diffusers EulerAncestralDiscreteScheduler (it keeps a step index: one per sampling run)."""
     from diffusers import EulerAncestralDiscreteScheduler
 
-    return EulerAncestralDiscreteScheduler(**to_dict(cfg))
+    return EulerAncestralDiscreteScheduler(**{k: v for k, v in to_dict(cfg).items() if k != "scale_init_noise"})
 
 
 @torch.no_grad()
@@ -107,6 +108,8 @@ def sample_latents(dit: Direct3DDiT, cond: ImageCondition, scheduler: SchedulerC
     B = cond.pixel.shape[0]
     shape = (B, dit.config.in_channels, *dit.config.sample_size)
     z = torch.randn(shape, generator=generator, device=device, dtype=dtype)  # no init_noise_sigma, as released
+    if scheduler.scale_init_noise:  # a weak DiT cannot denoise the release's unscaled start (sigma_max ~ 157)
+        z = z * sched.init_noise_sigma
     guided = guidance != 1.0
     both = ImageCondition.cat(cond.zeros_like(), cond) if guided else cond  # [uncond; cond]
     for t in sched.timesteps:
