@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from safetensors import SafetensorError
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DataError
 
 if TYPE_CHECKING:  # torch is imported where weights are handled, so file writes stay light (dataset workers)
     import torch
@@ -543,3 +543,24 @@ class Pretrained:
         model = model.to(device).eval()
         return model.requires_grad_(False) if cls.pretrained_frozen else model
 
+
+
+def bind_settings(path: Path, settings: dict[str, Any], made: str, write: bool) -> None:
+    """Bind an output folder to one set of settings: `path` (settings.json) is written on the first run and
+    compared on every later one, so a resumed batch job never mixes products of different settings.
+
+    Args:
+        made: what the folder holds, for the message ("images made", "shapes lifted").
+        write: whether this process writes the file when it is absent (rank 0 only under Accelerate).
+
+    Raises:
+        DataError: the folder was made with other settings (names the first that differs).
+    """
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        for key, value in settings.items():
+            if old.get(key) != value:
+                raise DataError(f"{path}: {made} with {key} {old.get(key)!r}, not {value!r}; "
+                                "use another --out or the same settings")
+    elif write:
+        atomic_write_json(path, settings)

@@ -34,7 +34,7 @@ import numpy as np
 from ..data.prompts import PromptLine
 from ..data.store import FailureLog, dumps_line
 from ..errors import CheckpointError, ConfigError, DataError
-from ..persist import atomic_path, atomic_write_json, atomic_write_text
+from ..persist import atomic_path, atomic_write_json, bind_settings, atomic_write_text
 
 # The authors' wrapper (scripts/generate_images.py), applied to every prompt unless --no-wrapper.
 WRAPPER = ("3D render of a {prompt}, isometric view, trending on ArtStation, Unreal Engine 5, V-Ray render, "
@@ -286,20 +286,8 @@ def _png_intact(path: Path, size: int) -> bool:
 
 
 def check_settings(out: Path, settings: ImageSettings, write: bool) -> None:
-    """Bind the folder to one set of settings: write them on the first run, compare on every later one.
-
-    Raises:
-        DataError: the folder holds images made with other settings (names the first that differs).
-    """
-    path = out / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        for key, value in asdict(settings).items():
-            if old.get(key) != value:
-                raise DataError(f"{path}: images made with {key} {old.get(key)!r}, not {value!r}; "
-                                "use another --out or the same settings")
-    elif write:
-        atomic_write_json(path, asdict(settings))
+    """Bind the folder to one set of settings (`persist.bind_settings` on OUT/settings.json)."""
+    bind_settings(out / "settings.json", asdict(settings), "images made", write)
 
 
 def check_prompts(done: dict[int, dict], items: list[PromptLine], source: Path) -> None:

@@ -35,7 +35,7 @@ from ..data.render import render_views, views_strip
 from ..data.sampling import sample_surface
 from ..data.store import ITEMS, DatasetStore, FailureLog, ShardWriter
 from ..errors import DataError, LostError
-from ..persist import atomic_path, atomic_write_json
+from ..persist import atomic_path, atomic_write_json, bind_settings
 from .images import MANIFEST
 from .latents import TABLE as LATENTS
 from .latents import latent_stats
@@ -134,20 +134,8 @@ def check_image(path: Path):
 
 
 def check_settings(out: Path, settings: LiftSettings, write: bool) -> None:
-    """Bind the folder to one set of settings (written on the first run, compared on later ones).
-
-    Raises:
-        DataError: the folder holds shapes lifted with other settings (names the first that differs).
-    """
-    path = out / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        for key, value in asdict(settings).items():
-            if old.get(key) != value:
-                raise DataError(f"{path}: shapes lifted with {key} {old.get(key)!r}, not {value!r}; "
-                                "use another --out or the same settings")
-    elif write:
-        atomic_write_json(path, asdict(settings))
+    """Bind the folder to one set of settings (`persist.bind_settings` on OUT/settings.json)."""
+    bind_settings(out / "settings.json", asdict(settings), "shapes lifted", write)
 
 
 def _signature(path: Path) -> list[int] | None:
