@@ -260,10 +260,13 @@ def lift(
     from ..batch.lift import LiftSettings, discover_images, finalize_lift, lift_images
     from ..eval.lift import evaluate_lift, export_renders, write_report
     from ..image3d.pipeline import ImageTo3D
-    from .common import require_int_range
+    from .common import require_finite, require_int_range
 
     require_int_range("--n", n, 2)
     require_int_range("--points", points, 100)
+    require_int_range("--steps", steps, 1)
+    require_finite("--guidance", guidance)
+    require_int_range("--resolution", resolution, 8, 1024)
     require_dir(data, "dataset")
     export_renders(data, out / "inputs", n=n, seed=seed)
     settings = LiftSettings(model=str(Path(model).resolve()), steps=steps, guidance=float(guidance), seed=seed,

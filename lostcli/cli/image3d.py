@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -43,8 +43,10 @@ def lift(
     model: Annotated[str, typer.Option("--model", "-m", help="Image-to-3D folder (lost image3d train's export), "
                                        "Direct3D release folder, or hub id DreamTechAI/Direct3D.")],
     out: OutOpt,
-    steps: Annotated[int, typer.Option("--steps", help="Euler-ancestral sampling steps.")] = 50,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 4.0,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Euler-ancestral sampling steps (default: the "
+                                                 "model's own; the release: 50).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (default: "
+                                                      "the model's own; the release: 4.0).")] = None,
     seed: SeedOpt = 0,
     resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes cells per axis (8..1024).")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per sampling call.")] = 4,
@@ -61,14 +63,19 @@ def lift(
     from ..image3d.pipeline import ImageTo3D
     from .common import ProgressBar, process_info
 
-    require_int_range("--steps", steps, 1)
-    require_finite("--guidance", guidance)
+    if steps is not None:
+        require_int_range("--steps", steps, 1)
+    if guidance is not None:
+        require_finite("--guidance", guidance)
     require_int_range("--resolution", resolution, 8, 1024)
     require_int_range("--batch-size", batch_size, 1)
     require_out_dir(out)
     items = discover_images(images_dir)
     rank, world, wait = process_info()
     spec = str(Path(model).resolve()) if Path(model).exists() else model
+    defaults = ImageTo3D.read_config(model)
+    steps = defaults.steps if steps is None else steps
+    guidance = defaults.guidance if guidance is None else guidance
     settings = LiftSettings(model=spec, steps=steps, guidance=float(guidance), seed=seed, resolution=resolution)
     out.mkdir(parents=True, exist_ok=True)
     todo, _, _ = plan_lift(items, out, settings, rank, world)

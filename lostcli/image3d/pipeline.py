@@ -195,6 +195,15 @@ class ImageTo3D:
         return pipe.to(device)
 
     @classmethod
+    def read_config(cls, spec: str | Path) -> ImageTo3DConfig:
+        """The sampling defaults a pipeline carries, without loading weights: a saved folder's config.json, or
+        the release's settings for a Direct3D folder or hub id."""
+        path = Path(spec)
+        if path.is_dir() and (path / CONFIG_NAME).is_file():
+            return read_model_folder(path, cls.__name__, ImageTo3DConfig, "image-to-3D pipeline")[2]
+        return ImageTo3DConfig()
+
+    @classmethod
     def _from_saved(cls, folder: Path) -> ImageTo3D:
         for part, file in [(p, CONFIG_NAME) for p in PARTS] + [("vae", WEIGHTS_NAME), ("dit", WEIGHTS_NAME)]:
             if not (folder / part / file).is_file():

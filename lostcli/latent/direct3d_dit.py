@@ -306,6 +306,7 @@ class Direct3DDiT(nn.Module, Pretrained):
     def initialize_weights(self) -> None:
         """Xavier linears, N(0, 0.02) timestep MLP, zero adaLN-single; every block starts as the identity
         (zero gates in its table, zero cross-attention output) and the model outputs 0 (zero proj_out)."""
+        # (models.blocks.xavier_init_linears does the same, but latent/ sits below models/ and cannot import it)
         def init(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
