@@ -162,7 +162,11 @@ def test_three_prompts_give_three_pngs_and_a_manifest(flux, prompts, tmp_path, c
     code, stdout, err = cli(capsys, "dataset", "images", prompts, "--model", flux, "--out", out, *FAST)
     assert code == 0, err
     assert watch.calls == [[r["text"] for r in rows[1:]]] and "drew 2 new, skipped 1 done" in stdout
-    assert all(np.array_equal(_pixels(out, i), before[i]) for i in range(3)) and _rows(out) == rows
+    # Per-prompt seeds: the redrawn images are the same pictures. Prompt 2 was drawn alone and is now batched
+    # with prompt 1, so float rounding may move a pixel by a level (diffusers 0.42 / transformers 5 on CPU).
+    assert all(np.abs(_pixels(out, i).astype(int) - before[i].astype(int)).max() <= 2 for i in range(3))
+    assert [{k: v for k, v in r.items() if k != "bytes"} for r in _rows(out)] == [
+        {k: v for k, v in r.items() if k != "bytes"} for r in rows]
 
     # Other settings in the same folder: refused before any work.
     code, _, err = cli(capsys, "dataset", "images", prompts, "--model", flux, "--out", out, *FAST, "--steps", 3)
