@@ -12,6 +12,7 @@ source mesh into the unit frame (so `lost decode` can put the decoded shape back
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -188,27 +189,66 @@ class LostPipeline:
         self.generation: dict[str, Any] = dict(GENERATION_DEFAULTS)  # bundle.json "gpt" sampling defaults
         self._gpt = None
         self._text_encoder = None
+        # low-memory mode (`enable_offload`): components wait on the CPU, the one in use runs on this device
+        self.offload_device: torch.device | None = None
+        self.resident: str | None = None  # the component on the offload device right now (None between calls)
+        self.moves: list[str] = []  # "vae", "tokenizer", ...: the components moved there, in order
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: torch.device | str | None = None) -> LostPipeline:
-        """Load a bundle folder (see `bundle.export_bundle`) onto `device` (default: CUDA when available)."""
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str | None = None,
+                        low_memory: bool = False) -> LostPipeline:
+        """Load a bundle folder (see `bundle.export_bundle`) onto `device` (default: CUDA when available).
+
+        `low_memory`: the weights stay on the CPU and each component moves to `device` only while it runs
+        (`enable_offload`): peak accelerator memory is the largest component, not their sum."""
         directory = Path(directory)
         meta = read_bundle(directory)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         comp = meta["components"]
-        vae = load_vae(directory / comp["vae"], device=device)
-        tokenizer = LoSTTokenizer.from_pretrained(directory / comp["tokenizer"], device=device)
+        home = "cpu" if low_memory else device
+        vae = load_vae(directory / comp["vae"], device=home)
+        tokenizer = LoSTTokenizer.from_pretrained(directory / comp["tokenizer"], device=home)
         sampling = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else None
         pipe = cls(vae, tokenizer, meta["model_id"], sampling)
         pipe.directory = directory
         pipe.components = {k: v for k, v in comp.items() if isinstance(v, str)}
         if isinstance(meta.get("gpt"), dict):
             pipe.generation.update(meta["gpt"])
+        if low_memory:
+            pipe.enable_offload(device)
         return pipe
+
+    def enable_offload(self, device: torch.device | str) -> None:
+        """Low-memory mode: keep every component on the CPU and move only the one in use to `device`
+        (load, run, release), emptying the CUDA cache after each; slower, as weights cross the bus per call."""
+        self.offload_device = torch.device(device)
+        for module in (self.vae, self.tokenizer, self._gpt, self._text_encoder):
+            if module is not None:
+                module.to("cpu")
+
+    @contextmanager
+    def _running(self, name: str):
+        """The component `name` ("vae", "tokenizer", "gpt", "text_encoder") on the offload device for the
+        body of the `with`, back on the CPU after it; nothing moves without `enable_offload`."""
+        module = self.vae if name == "vae" else self.tokenizer if name == "tokenizer" else getattr(self, name)
+        if self.offload_device is None:
+            yield module
+            return
+        module.to(self.offload_device)
+        self.resident = name
+        self.moves.append(name)
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            self.resident = None
+            if self.offload_device.type == "cuda":
+                torch.cuda.empty_cache()
 
     @property
     def device(self) -> torch.device:
-        return self.tokenizer.latent_mean.device
+        """Where inputs go: the offload device in low-memory mode, else the tokenizer's."""
+        return self.offload_device if self.offload_device is not None else self.tokenizer.latent_mean.device
 
     @property
     def num_tokens(self) -> int:
@@ -238,8 +278,10 @@ class LostPipeline:
     def tokenize_points(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
         """Unit-frame surface samples points, normals [B, N, 3] -> all R tokens [B, R, token_dim] (float32)."""
         dev = self.device
-        z = self.vae.encode(points.to(dev, torch.float32), normals.to(dev, torch.float32))  # [B, C, H, W] mean
-        return self.tokenizer.encode(self.tokenizer.normalize(z.float())).float()
+        with self._running("vae") as vae:
+            z = vae.encode(points.to(dev, torch.float32), normals.to(dev, torch.float32))  # [B, C, H, W] mean
+        with self._running("tokenizer") as tokenizer:
+            return tokenizer.encode(tokenizer.normalize(z.float())).float()
 
     def tokenize(
         self,
@@ -310,12 +352,18 @@ class LostPipeline:
         dev = self.device
         keep = torch.tensor(ks, dtype=torch.long, device=dev)
         generator = torch.Generator(device=dev).manual_seed(int(seed))
-        z = sample_latents(self.tokenizer, tokens.to(dev, torch.float32), keep,
-                           steps=int(steps if steps is not None else self.sampling["steps"]),
-                           guidance=float(guidance if guidance is not None else self.sampling["guidance"]),
-                           generator=generator, kind=self.sampling["scheduler"],
-                           shift=float(self.sampling["shift"]))
-        return self.tokenizer.denormalize(z.float())
+        with self._running("tokenizer") as tokenizer:
+            z = sample_latents(tokenizer, tokens.to(dev, torch.float32), keep,
+                               steps=int(steps if steps is not None else self.sampling["steps"]),
+                               guidance=float(guidance if guidance is not None else self.sampling["guidance"]),
+                               generator=generator, kind=self.sampling["scheduler"],
+                               shift=float(self.sampling["shift"]))
+            return tokenizer.denormalize(z.float())
+
+    def to_meshes(self, z: torch.Tensor, resolution: int = 128) -> list[trimesh.Trimesh | None]:
+        """Raw VAE latents [B, C, H, W] -> one unit-frame mesh each (None: no surface), by marching cubes."""
+        with self._running("vae") as vae:
+            return [vae.to_mesh(zi, resolution=resolution) for zi in z]
 
     def decode(
         self,
@@ -330,7 +378,7 @@ class LostPipeline:
         if resolution < 1:
             raise ConfigError(f"resolution: must be >= 1, got {resolution}")
         z = self.decode_latents(tokens, k=k, steps=steps, guidance=guidance, seed=seed)
-        return [self.vae.to_mesh(zi, resolution=resolution) for zi in z]
+        return self.to_meshes(z, resolution)
 
     # -- generate -----------------------------------------------------------------------------------
 
@@ -365,7 +413,7 @@ class LostPipeline:
             from .models.gpt import LoSTGPT
 
             folder = self._component("gpt")
-            gpt = LoSTGPT.from_pretrained(folder, device=self.device)
+            gpt = LoSTGPT.from_pretrained(folder, device="cpu" if self.offload_device is not None else self.device)
             self._check_gpt(gpt, str(folder))
             self._gpt = gpt.eval()
         return self._gpt
@@ -376,7 +424,8 @@ class LostPipeline:
         if self._text_encoder is None:
             from .teachers import load_text_encoder_folder
 
-            self._text_encoder = load_text_encoder_folder(self._component("text_encoder"), device=self.device)
+            where = "cpu" if self.offload_device is not None else self.device
+            self._text_encoder = load_text_encoder_folder(self._component("text_encoder"), device=where)
         return self._text_encoder
 
     @property
@@ -465,13 +514,13 @@ class LostPipeline:
         if resolution < 1:
             raise ConfigError(f"resolution: must be >= 1, got {resolution}")
         args = self._generation_args(prompts, n, cfg, prefix, keep)
-        text = self.text_encoder  # both parts load before any work: a missing one fails first
-        gpt = self.gpt
+        _ = self.text_encoder, self.gpt  # both parts load before any work: a missing one fails first
         dev = self.device
-        cond = text.encode(prompts).to(dev, torch.float32)  # [P, cond_dim]
-        if cond.shape != (len(prompts), gpt.config.cond_dim):
+        with self._running("text_encoder") as text:
+            cond = text.encode(prompts).to(dev, torch.float32)  # [P, cond_dim]
+        if cond.shape != (len(prompts), self.gpt.config.cond_dim):
             raise CheckpointError(f"{self.directory or 'text_encoder'}: the text encoder gives {list(cond.shape)} "
-                                  f"embeddings, the GPT reads [P, {gpt.config.cond_dim}]")
+                                  f"embeddings, the GPT reads [P, {self.gpt.config.cond_dim}]")
         cond = cond.repeat_interleave(n, dim=0)  # [B, cond_dim], B = P * n
         B, k, kept = cond.shape[0], args["k"], args["keep"]
         first = (prefix.tokens[:kept].to(dev, torch.float32)[None].expand(B, -1, -1).contiguous()
@@ -480,12 +529,13 @@ class LostPipeline:
         if kept == k:
             tokens = first  # nothing left to generate: decode the kept prefix
         else:
-            tokens = gpt.generate(cond, num_tokens=k, guidance=args["guidance"],
-                                  guidance_schedule=args["guidance_schedule"], temperature=args["temperature"],
-                                  prefix=first, generator=generator, sample_steps=steps)
+            with self._running("gpt") as gpt:
+                tokens = gpt.generate(cond, num_tokens=k, guidance=args["guidance"],
+                                      guidance_schedule=args["guidance_schedule"], temperature=args["temperature"],
+                                      prefix=first, generator=generator, sample_steps=steps)
         tokens = tokens.float()
         z = self.decode_latents(tokens, k=k, steps=decode_steps, guidance=decode_guidance, seed=seed)
-        meshes = [self.vae.to_mesh(zi, resolution=resolution) for zi in z]
+        meshes = self.to_meshes(z, resolution)
         settings = {**args, "n": n, "seed": int(seed), "steps": steps, "resolution": resolution,
                     "decode_steps": decode_steps if decode_steps is not None else self.sampling["steps"],
                     "decode_guidance": decode_guidance if decode_guidance is not None else self.sampling["guidance"],
