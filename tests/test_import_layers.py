@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lostcli"
 LOWER = ("models", "latent", "data", "config", "errors")
-UPPER = ("train", "eval", "batch", "bench", "pipeline", "cli", "demo")
+UPPER = ("train", "eval", "batch", "bench", "pipeline", "cli", "demo", "web")
 # Bottom to top. A top-level package or module imports only from layers strictly below its own.
 # The README's "Code layout" table lists the same rows (without the package root, the shim and __main__).
 LAYERS = (
@@ -23,7 +23,7 @@ LAYERS = (
     ("teachers", "bundle", "image3d"),  # teachers and text encoders by spec | the bundle folder | image to 3D
     ("train", "pipeline"),  # training stages | the inference pipeline over an exported bundle
     ("eval", "batch"),  # metrics and reports | jobs over every item of a dataset store
-    ("bench", "demo"),  # speed and memory benchmarks | the end-to-end demo
+    ("bench", "demo", "web"),  # speed and memory benchmarks | the end-to-end demo | the web app
     ("cli",),  # the `lost` command
     ("__main__",),  # python -m lostcli
 )

@@ -34,7 +34,7 @@ import numpy as np
 from ..data.prompts import PromptLine
 from ..data.store import FailureLog, dumps_line
 from ..errors import CheckpointError, ConfigError, DataError
-from ..persist import atomic_path, atomic_write_json, bind_settings, atomic_write_text
+from ..persist import atomic_path, bind_settings, atomic_write_text
 
 # The authors' wrapper (scripts/generate_images.py), applied to every prompt unless --no-wrapper.
 WRAPPER = ("3D render of a {prompt}, isometric view, trending on ArtStation, Unreal Engine 5, V-Ray render, "

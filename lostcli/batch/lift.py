@@ -31,11 +31,11 @@ from typing import Callable
 import numpy as np
 
 from ..data.prepare import caption_for, hash_split, item_seed, safe_id
-from ..data.render import render_views, views_strip
+from ..data.render import render_views
 from ..data.sampling import sample_surface
 from ..data.store import ITEMS, DatasetStore, FailureLog, ShardWriter
 from ..errors import DataError, LostError
-from ..persist import atomic_path, atomic_write_json, bind_settings
+from ..persist import atomic_path, bind_settings
 from .images import MANIFEST
 from .latents import TABLE as LATENTS
 from .latents import latent_stats

@@ -116,7 +116,6 @@ def require_out_dir(path: Path, option: str = "--out") -> None:
 
 def process_info():
     """(rank, world_size, barrier) from Accelerate when launched with several processes."""
-    import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch

@@ -1,10 +1,5 @@
-"""`lost generate`: text -> shapes with the bundle's LoST-GPT (a thin wrapper over `LostPipeline.generate`).
-
-Writes into OUT, for sample i (prompt-major: sample p * n + j is seed draw j of prompt p):
-sample_{i}.{glb,obj,ply} (unit frame), sample_{i}.png (the four docs/protocols.md views side by side),
-sample_{i}.safetensors (its tokens: `lost decode` them again or continue them with --prefix),
-grid.png (one row per prompt, each sample as a 2 x 2 tile of its views) and generate.json (the record).
-"""
+"""`lost generate`: text -> shapes with the bundle's LoST-GPT (a thin wrapper over `LostPipeline.generate` and
+`batch.samples.write_samples`, which documents the files written into OUT)."""
 
 from __future__ import annotations
 
@@ -12,10 +7,9 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .common import console, err_console
 
 FORMATS = ("glb", "obj", "ply")
@@ -33,35 +27,6 @@ def read_prompts(prompt: Optional[str], prompts_file: Optional[Path]) -> list[st
     from ..data.prompts import read_prompt_file
 
     return [prompt for _, prompt in read_prompt_file(prompts_file)]  # a "CATEGORY<TAB>" column is dropped
-
-
-def write_samples(result, out: Path, fmt: str, model_id: str, n: int, record: dict) -> list[dict]:
-    """Write each sample's mesh, preview and tokens, then grid.png and generate.json; one record per sample."""
-    from ..data.mesh import export_mesh
-    from ..data.render import render_views, save_grid
-    from ..eval.gen import views_tile
-    from ..persist import atomic_write_json
-    from ..pipeline import save_tokens
-
-    samples, tiles, labels = [], [], []
-    for i, (mesh, prompt) in enumerate(zip(result.meshes, result.prompts)):
-        # an empty decode is shown as white views, labelled
-        views = render_views(mesh).images if mesh is not None else np.full((4, 224, 224, 3), 255, np.uint8)
-        label = f"{i}: {prompt[:32]}" + (" (no surface)" if mesh is None else "")
-        rec = {"index": i, "prompt": prompt, "draw": i % n, "mesh": None, "empty": mesh is None,
-               "preview": str(save_grid([np.concatenate(list(views), axis=1)], out / f"sample_{i}.png",
-                                        labels=[label])),
-               "tokens": str(save_tokens(out / f"sample_{i}.safetensors", result.sample_tokens(i, model_id)))}
-        if mesh is not None:
-            rec.update(mesh=str(export_mesh(mesh, out / f"sample_{i}.{fmt}")), vertices=int(len(mesh.vertices)),
-                       faces=int(len(mesh.faces)))
-        samples.append(rec)
-        tiles.append(views_tile(views))
-        labels.append(label)
-    save_grid(tiles, out / "grid.png", labels=labels, ncols=n)
-    atomic_write_json(out / "generate.json", {**record, "settings": result.settings, "samples": samples,
-                                              "grid": str(out / "grid.png")})
-    return samples
 
 
 def generate(
@@ -85,6 +50,7 @@ def generate(
 
     Example: lost generate "a round table with a single pedestal leg" --model models/lost-tiny -n 4 --seed 0 --out gen
     """
+    from ..batch.samples import write_samples
     from ..pipeline import GenerateConfig, LostPipeline, load_tokens
 
     if fmt not in FORMATS:
@@ -98,7 +64,7 @@ def generate(
     config = GenerateConfig(guidance=cfg, temperature=temperature, guidance_schedule=schedule, num_tokens=tokens,
                             steps=steps, resolution=resolution)
     result = pipe.generate(texts, n=n, seed=seed, config=config, prefix=first, keep=keep)
-    samples = write_samples(result, out, fmt, pipe.model_id, n,
+    samples = write_samples(result, out, (fmt,), pipe.model_id, n,
                             {"model": str(model), "prompts": texts, "prefix": str(prefix) if prefix else None})
     empty = [str(r["index"]) for r in samples if r["empty"]]
     if empty:

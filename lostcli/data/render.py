@@ -233,6 +233,12 @@ def views_strip(render: RenderSet) -> np.ndarray:
     return np.concatenate(list(render.images), axis=1)
 
 
+def views_tile(views: np.ndarray, size: int = 112) -> np.ndarray:
+    """uint8 views [4, S, S, 3] -> one [2 * size, 2 * size, 3] tile: front, right / back, left."""
+    small = [np.asarray(Image.fromarray(v).resize((size, size), Image.BILINEAR)) for v in views]
+    return np.concatenate([np.concatenate(small[:2], axis=1), np.concatenate(small[2:4], axis=1)], axis=0)
+
+
 def save_grid(
     images: Sequence[np.ndarray],
     path: str | os.PathLike,

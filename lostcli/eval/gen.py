@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.render import save_grid
+from ..data.render import save_grid, views_tile
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
@@ -124,14 +124,6 @@ def category_prompts(records: list[dict], per_category: int, seed: int = 0) -> l
         caps = caps or [f"a 3D model of a {cat}"]
         made[cat] = [caps[i % len(caps)] for i in range(per_category)]
     return [(cat, p) for cat in cats for p in made[cat][:per_category]]
-
-
-def views_tile(views: np.ndarray, size: int = 112) -> np.ndarray:
-    """uint8 views [4, S, S, 3] -> one [2 * size, 2 * size, 3] tile: front, right / back, left."""
-    from PIL import Image
-
-    small = [np.asarray(Image.fromarray(v).resize((size, size), Image.BILINEAR)) for v in views]
-    return np.concatenate([np.concatenate(small[:2], axis=1), np.concatenate(small[2:4], axis=1)], axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------
