@@ -38,7 +38,7 @@ def test_browser_uses_every_tab(tmp_path):
     box_mesh().export(mesh)
     session = AppSession(LostPipeline.from_pretrained(bundle, device="cpu"), tmp_path / "work", resolution=24,
                          chamfer_points=4000)
-    server = serve(build_app(session))
+    server = serve(build_app(session), files=session.workdir)
     try:
         report = app_browser.drive(server.url, mesh, tmp_path / "shots", session.pipe.num_tokens,
                                    app_browser.find_chromium(), timeout_s=120)
@@ -47,6 +47,7 @@ def test_browser_uses_every_tab(tmp_path):
     assert report["external_requests"] == []  # nothing fetched from the internet
     assert len(session.uploads) == 1 and len(session.decodes) == 4  # the page uploaded and decoded 1, 2, 4, 8
     assert set(report) >= {"upload_to_k1_s", "slider_to_cached_decode_s", "generate_s", "complete_s"}
+    assert len(report["slider_moves_s"]) == 5  # k = 2, 4, 8, then Home and End: each prefix shown on the page
     for shot in report["screenshots"]:
         img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
         assert img.shape[1] == 1280 and img.std() > 10  # a drawn page, not a blank one

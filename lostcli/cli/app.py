@@ -68,7 +68,7 @@ def _register() -> None:
     app.command("bench", help="Speed and memory: training-step samples/s, tokenize/decode/generate latency, MFU.")(bench_cmd)
     app.command("demo")(demo.demo)
     from .webapp import app as app_cmd
-    app.command("app", help="A local web page: generate, tokenize with a prefix slider, complete (extra: .[app]).")(app_cmd)
+    app.command("app", help="A local web page: generate, tokenize with a prefix slider, complete (needs the app extra).")(app_cmd)
 
 
 _register()

@@ -49,7 +49,7 @@ def app(
     pipe = LostPipeline.from_pretrained(model, device=device, low_memory=low_memory)
     work = workdir or Path(tempfile.mkdtemp(prefix="lost-app-"))
     session = AppSession(pipe, work, resolution=resolution, max_faces=max_faces)
-    server = serve(build_app(session), host=host, port=port)
+    server = serve(build_app(session), host=host, port=port, files=work)
     console.print(f"lost app: {server.url} (model {pipe.model_id[:12]}, {pipe.num_tokens} tokens, "
                   f"device {pipe.device}{', low memory' if low_memory else ''}; files in {work}); Ctrl-C stops it")
     server.wait()

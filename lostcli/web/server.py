@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -55,14 +56,18 @@ class Server:
             self.close()
 
 
-def serve(app, host: str = "127.0.0.1", port: int | None = None, max_file_mb: int = 200,
-          quiet: bool = True) -> Server:
-    """Launch `app` (`ui.build_app`) without blocking; uploads above `max_file_mb` are refused by the server."""
+def serve(app, host: str = "127.0.0.1", port: int | None = None, files: str | os.PathLike | None = None,
+          max_file_mb: int = 200, quiet: bool = True) -> Server:
+    """Launch `app` (`ui.build_app`) without blocking; uploads above `max_file_mb` are refused by the server.
+
+    `files`: the session's work folder. Gradio serves only files under the working directory, the system's
+    temporary folder and the paths it is given, so a `--workdir` elsewhere must be named here."""
     from .ui import PAGE_CSS
 
     port = free_port(host) if port is None else int(port)
     check_port(host, port)
     _, url, _ = app.launch(css=PAGE_CSS, server_name=host, server_port=port, prevent_thread_lock=True, quiet=quiet,
                            show_error=True, ssr_mode=False, max_file_size=f"{int(max_file_mb)}mb", share=False,
-                           inbrowser=False, footer_links=["api"])
+                           inbrowser=False, footer_links=["api"],
+                           allowed_paths=[str(Path(files).resolve())] if files is not None else None)
     return Server(app, url.rstrip("/") + "/" if url else f"http://{host}:{port}/")

@@ -80,16 +80,15 @@ def _prefix_note(d: PrefixDecode, total: int) -> str:
 
 
 def _sample_outputs(samples: Samples) -> list:
-    """Viewers (MAX_SAMPLES, unused ones hidden), previews gallery, downloads, grid, note."""
+    """Viewers (MAX_SAMPLES, unused ones hidden), the grid of every sample's four views, downloads, note."""
     recs = samples.records
     viewers = [gr.Model3D(value=recs[i]["meshes"].get("glb"), visible=True, label=f"sample {i}: {recs[i]['prompt'][:40]}")
                if i < len(recs) else gr.Model3D(value=None, visible=False) for i in range(MAX_SAMPLES)]
-    gallery = [(r["preview"], f"sample {r['index']}" + (" (no surface)" if r["empty"] else "")) for r in recs]
     files = [f for r in recs for f in r["meshes"].values()] + [r["tokens"] for r in recs]
     s = samples.settings
     note = (f"{len(recs)} sample(s), {s.get('k')} tokens (kept {s.get('keep')}), guidance {s.get('guidance')}, "
             f"temperature {s.get('temperature')}, seed {s.get('seed')} ({samples.seconds:.1f} s)")
-    return [*viewers, gallery, files, str(samples.grid), note]
+    return [*viewers, str(samples.grid), files, note]
 
 
 def build_app(session: AppSession, title: str = "LoST", concurrency: int = 1) -> gr.Blocks:
@@ -130,11 +129,10 @@ def _sample_panel() -> list:
     with gr.Row():
         for i in range(MAX_SAMPLES):
             viewers.append(gr.Model3D(label=f"sample {i}", visible=i == 0, height=320))
-    gallery = gr.Gallery(label="four views of each sample", columns=1, height="auto", object_fit="contain")
+    grid = gr.Image(label="four views of each sample (front, right / back, left)", type="filepath", height=300)
     files = gr.File(label="downloads: GLB, OBJ, PLY and tokens of each sample", file_count="multiple")
-    grid = gr.Image(label="grid", type="filepath", visible=False)
     note = gr.Markdown(elem_classes="lost-note")
-    return [*viewers, gallery, files, grid, note]
+    return [*viewers, grid, files, note]
 
 
 def _settings_row(gen: dict, L: int) -> list:
