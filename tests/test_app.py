@@ -264,3 +264,19 @@ def test_cli_serves_until_interrupted(bundle, monkeypatch, tmp_path):
     assert e.value.code == 130 and seen["status"] == 200
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # closed on the way out
+
+
+def test_bundle_without_gpt_tokenizes_and_refuses_generation_in_one_line(tmp_path, files):
+    """A bundle straight from `lost tokenizer export` (no gpt/): Tokenize works, Generate says what is missing."""
+    plain = make_bundle(tmp_path)
+    session = AppSession(LostPipeline.from_pretrained(plain, device="cpu"), tmp_path / "work", resolution=24,
+                         chamfer_points=2000)
+    srv = serve(build_app(session), files=session.workdir)
+    try:
+        c = Client(srv.url, verbose=False)
+        assert load_tokens(c.predict(handle_file(str(files["box"])), api_name="/tokenize")[1]).k == R
+        with pytest.raises(AppError) as e:
+            c.predict("a chair", 0, 1, 2.0, 1.0, R, api_name="/generate")
+        assert "component 'gpt' is missing" in str(e.value) and "\n" not in str(e.value)
+    finally:
+        srv.close()
