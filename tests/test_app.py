@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 

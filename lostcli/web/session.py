@@ -8,6 +8,7 @@ session's own lock keeps a second caller (a script beside the page) from running
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -23,7 +24,7 @@ import trimesh
 from ..batch.samples import write_samples
 from ..data.mesh import SUPPORTED, export_mesh, load_mesh, normalize_mesh
 from ..data.render import render_views, save_grid, views_strip
-from ..errors import DataError
+from ..errors import DataError, LostError
 from ..eval.geometry import point_metrics, surface_points, surface_tree
 from ..pipeline import GenerateConfig, LostPipeline, Tokens, load_tokens, save_tokens, to_source_frame
 
@@ -51,7 +52,6 @@ class Upload:
     ladder: list[int]  # prefix lengths the page offers: 1, 2, 4, ..., R
     reference: np.ndarray | None = None  # surface samples of the unit-frame input (None: a tokens upload)
     tree: object = None  # their nearest-neighbour tree
-    seconds: float = 0.0
 
 
 @dataclass
@@ -142,13 +142,11 @@ class AppSession:
         if key in self.uploads:
             self.uploads.move_to_end(key)
             return self.uploads[key]
-        t0 = time.time()
         if path.suffix.lower() == TOKENS_SUFFIX:
             tokens = _renamed(lambda: load_tokens(path, pipeline=self.pipe), path, name)
             upload = Upload(key, name, tokens, path, prefix_ladder(tokens.k))
         else:
             upload = self._tokenize_mesh(path, name, key, up)
-        upload.seconds = time.time() - t0
         self.uploads[key] = upload
         while len(self.uploads) > self.cache_size:
             old, _ = self.uploads.popitem(last=False)
@@ -168,16 +166,21 @@ class AppSession:
 
     # -- decodes ------------------------------------------------------------------------------------
 
-    def decode(self, key: str, k: int) -> PrefixDecode:
-        """The first k tokens of upload `key` -> mesh, preview and Chamfer; made once, then from the cache."""
+    def upload(self, key: str) -> Upload:
+        """The upload `key`; DataError when it was never made here or has left the cache."""
         upload = self.uploads.get(key)
         if upload is None:
             raise DataError("this upload is no longer in the session: upload the file again")
+        return upload
+
+    def decode(self, key: str, k: int) -> PrefixDecode:
+        """The first k tokens of upload `key` -> mesh, preview and Chamfer; made once, then from the cache."""
+        upload = self.upload(key)
         if not 1 <= k <= upload.tokens.k:
             raise DataError(f"{upload.name}: holds {upload.tokens.k} tokens; k = {k} is outside 1..{upload.tokens.k}")
         hit = self.decodes.get((key, k))
         if hit is not None:
-            return PrefixDecode(**{**hit.__dict__, "cached": True})
+            return dataclasses.replace(hit, cached=True)
         t0 = time.time()
         with self._model():
             mesh = self.pipe.decode(upload.tokens.tokens, k=k, seed=0, resolution=self.resolution)[0]
@@ -196,26 +199,16 @@ class AppSession:
 
     def prefix_tokens(self, key: str, k: int) -> Path:
         """A tokens file of the first k tokens of upload `key` (what `lost tokenize --tokens k` writes)."""
-        upload = self.uploads[key]
+        upload = self.upload(key)
         t = upload.tokens
         path = self._folder("uploads", key) / f"{Path(upload.name).stem}_tokens_k{k}{TOKENS_SUFFIX}"
         if not path.is_file():
             save_tokens(path, Tokens(t.tokens[:k].clone(), k, t.normalization, t.source, t.model_id))
         return path
 
-    def decode_ladder(self, key: str, progress: Callable[[int, int, int], None] | None = None) -> list[PrefixDecode]:
-        """Every prefix of the ladder (1, 2, 4, ..., R), cached ones included; `progress(i, n, k)` after each."""
-        ladder = self.uploads[key].ladder if key in self.uploads else []
-        out = []
-        for i, k in enumerate(ladder):
-            out.append(self.decode(key, k))
-            if progress is not None:
-                progress(i + 1, len(ladder), k)
-        return out
-
     def strip(self, key: str) -> Path:
         """All decoded ladder prefixes side by side, front view over labels "k = ..." (one PNG)."""
-        upload = self.uploads[key]
+        upload = self.upload(key)
         done = [self.decodes[(key, k)] for k in upload.ladder if (key, k) in self.decodes]
         from PIL import Image
 
@@ -246,8 +239,6 @@ class AppSession:
 
 def _renamed(load: Callable, path: Path, name: str):
     """Run `load`; an error that names the temporary upload path names the uploaded file instead."""
-    from ..errors import LostError
-
     try:
         return load()
     except LostError as e:

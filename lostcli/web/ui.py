@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import LostError
-from .session import AppSession, PrefixDecode, Samples
+from .session import AppSession, PrefixDecode, Samples, prefix_ladder
 
 MAX_SAMPLES = 4  # 3D viewers on the Generate and Complete tabs
 UPLOAD_TYPES = [".glb", ".gltf", ".obj", ".ply", ".stl", ".off", ".safetensors"]
@@ -155,11 +155,11 @@ def _generate_tab(gen: dict, L: int, has_gpt: bool) -> tuple[dict, list]:
 
 
 def _tokenize_tab(R: int) -> dict:
-    ladder = " · ".join(map(str, _ladder_text(R)))
+    ladder = " · ".join(map(str, prefix_ladder(R)))
     upload = gr.File(label="mesh (glb, gltf, obj, ply, stl, off)", file_types=UPLOAD_TYPES[:-1])
     key = gr.Textbox(visible="hidden", label="upload id")
     tokens_file = gr.File(label="tokens (lost decode / generate --prefix read it)")
-    slider = gr.Slider(0, len(_ladder_text(R)) - 1, value=0, step=1, elem_id="lost-prefix",
+    slider = gr.Slider(0, len(prefix_ladder(R)) - 1, value=0, step=1, elem_id="lost-prefix",
                        label=f"prefix length: slide through {ladder} tokens")
     note = gr.Markdown(elem_classes="lost-note")
     with gr.Row():
@@ -181,12 +181,6 @@ def _complete_tab(gen: dict, R: int, L: int, has_gpt: bool) -> tuple[dict, list]
     settings = _settings_row(gen, L)
     button = gr.Button("Complete", variant="primary", interactive=has_gpt)
     return {"button": button, "values": [upload, keep, prompt, *settings]}, _sample_panel()
-
-
-def _ladder_text(R: int) -> list[int]:
-    from .session import prefix_ladder
-
-    return prefix_ladder(R)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,9 +210,8 @@ def _tokenize(session: AppSession, upload, progress=gr.Progress()):
     done = []
     for i, k in enumerate(up.ladder):
         progress((i, len(up.ladder)), desc=f"decoding k = {k}")
-        d = session.decode(up.key, k)
-        done.append(d)
-        first = done[0]
+        done.append(session.decode(up.key, k))
+        first = done[0]  # the page shows k = 1 while the longer prefixes are decoded
         yield [up.key, str(up.tokens_file), _path(first.mesh), str(first.preview), _prefix_note(first, total),
                str(session.prefix_tokens(up.key, first.k)), str(session.strip(up.key)), _chamfer_rows(done)]
 
@@ -226,9 +219,7 @@ def _tokenize(session: AppSession, upload, progress=gr.Progress()):
 def _prefix(session: AppSession, key, index):
     if not key:
         return [None, None, "upload a mesh first", None]
-    up = session.uploads.get(key)
-    if up is None:
-        raise _NoUpload("this upload is no longer in the session: upload the file again")
+    up = session.upload(key)
     k = up.ladder[max(0, min(int(index), len(up.ladder) - 1))]
     d = session.decode(key, k)
     return [_path(d.mesh), str(d.preview), _prefix_note(d, up.tokens.k), str(session.prefix_tokens(key, k))]
