@@ -219,6 +219,35 @@ def test_full_noise_regression_by_hand(prediction):
                       TokenizerObjectiveConfig(scheduler="ddpm", semantic_weight=0.0, x0_weight=1.0))
 
 
+def test_token_noise_reaches_both_decoder_passes_with_its_std():
+    """tokenizer.token_noise: the denoising and the full-noise passes read encode(x0) + N(0, s^2), the same
+    draw in both; 0 leaves the tokens exact; the encoder still gets gradients; negative values are refused."""
+    seen = []
+    for std in (0.0, 0.7):
+        task = _task(x0_weight=1.0, token_noise=std)
+        tok = task.tokenizer
+        decode = tok.decode
+        calls = []
+
+        def spy(tokens, keep, x_t, t, drop=None, timesteps=False):
+            calls.append(tokens.detach().clone())
+            return decode(tokens, keep, x_t, t, drop, timesteps)
+
+        tok.decode = spy
+        z = torch.randn(64, *SHAPE)
+        out = task({"z": z})
+        clean = tok.encode(tok.normalize(z)).detach()
+        assert len(calls) == 2 and torch.equal(calls[0], calls[1])
+        noise = calls[0] - clean
+        seen.append(float(noise.std()))
+        out["loss"].backward()
+        assert tok.encoder.to_tokens.weight.grad.abs().sum() > 0
+    assert seen[0] == 0.0
+    assert seen[1] == pytest.approx(0.7, rel=0.05)  # 64 x 8 x 8 draws
+    with pytest.raises(ConfigError, match="tokenizer.token_noise"):
+        _task(token_noise=-0.1)
+
+
 # -- REPA-style alignment --------------------------------------------------------------------------------
 
 

@@ -82,6 +82,13 @@ class TokenizerObjectiveConfig:
     # step on a CPU. With 8 of 32, 2000 tiny steps took 633 s with lambda = 1 against 596 s without the loss
     # (4-d tokens, 2 threads).
     semantic_batch: int = 0
+    # std of Gaussian noise added to the (unit-RMS, z-scored) tokens the decoder reads in training; 0: off (the
+    # paper). A continuous 32-d token holds as many digits as the decoder can read, so on data whose shapes need
+    # ~30 numbers the first token carries everything and later tokens add nothing (a flat Chamfer in k). Noise of
+    # std s caps what one token can carry at about 16 log2(1 + 1 / s^2) bits, so the shape must be spread over
+    # the prefix, most important first (nested dropout), and the decoder learns to read every kept token.
+    # Decoding at inference reads the clean tokens.
+    token_noise: float = 0.0
     nest_after: int = 50  # epochs trained with all R registers kept before nested dropout starts (paper: 50 of 250)
     keep_sampling: str = "pow2"  # nested dropout's prefix lengths: "pow2" ({1, 2, 4, ..., R}, paper) or "uniform" (1..R)
     sample_steps: int = 25  # sampling defaults stored with the export: scheduler steps
@@ -119,6 +126,7 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
                                                         or cfg.prediction == "sample"),
          "must be >= 0; > 0 needs scheduler flow or prediction sample"),
         ("tokenizer.repa_layer", cfg.repa_layer >= 1, "must be >= 1 (a decoder block)"),
+        ("tokenizer.token_noise", cfg.token_noise >= 0, "must be >= 0"),
         ("tokenizer.nest_after", cfg.nest_after >= 0, "must be >= 0 (epochs)"),
         ("tokenizer.keep_sampling", cfg.keep_sampling in KEEP_MODES, f"must be one of {list(KEEP_MODES)}"),
         ("tokenizer.sample_steps", cfg.sample_steps >= 1, "must be >= 1"),
@@ -225,6 +233,11 @@ class RepaProjector(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
+def noisy_tokens(tokens: torch.Tensor, std: float) -> torch.Tensor:
+    """Tokens [B, R, T] plus N(0, std^2) noise (the training-time capacity limit `tokenizer.token_noise`)."""
+    return tokens + std * torch.randn_like(tokens) if std > 0 else tokens
+
+
 class TokenizerTask(Task):
     """Trains the LoST tokenizer (encoder + DiT decoder) on raw-latent batches {"z": [B, C, H, W]}.
 
@@ -276,7 +289,7 @@ class TokenizerTask(Task):
         cfg, tok = self.cfg, self.tokenizer
         x0 = tok.normalize(batch["z"].float())  # [B, C, H, W]
         B, device = x0.shape[0], x0.device
-        tokens = tok.encode(x0)  # [B, R, T]
+        tokens = noisy_tokens(tok.encode(x0), cfg.token_noise)  # [B, R, T]
         keep = tok.sample_keep(B, nested=self.nested, device=device, mode=cfg.keep_sampling)  # [B]
         drop = tok.sample_drop(B, device=device)  # [B] bool: CFG null condition
         u = sample_u(B, cfg.time_sampling, device=device, shift=cfg.time_shift)
