@@ -22,6 +22,11 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
+# A file holding one integer: the CPU threads a parent process (`lost demo`) currently gives this stage. The
+# training loop re-reads it when it changes (torch.set_num_threads), so a stage started beside others takes the
+# whole CPU once they finish, and gives threads back when a new stage starts beside it.
+THREADS_FILE_ENV = "LOST_THREADS_FILE"
+
 
 # ----------------------------------------------------------------------------------------------------
 # Shared training configs (the one training loop reads these)

@@ -31,7 +31,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import THREADS_FILE_ENV
 from .errors import ConfigError, LostError
+from .persist import atomic_write_text
 
 RECIPE_FILES = ("vae", "teacher", "rida", "classifier", "tokenizer", "gpt")  # recipes/tiny/<name>.yaml
 RECORD_FILE = "demo.json"
@@ -306,12 +308,15 @@ def run_stage(stage: Stage, log: Path, threads: int | None = None) -> int:
     """Run one stage as `python -m lostcli ...`, stdout and stderr appended to `log`; the exit code.
 
     `threads`: the stage's share of the CPU (OMP_NUM_THREADS, which torch reads at start-up); None keeps
-    the environment's setting."""
+    the environment's setting. With a share, `threads_file(log)` holds it too, and `run_demo` rewrites that file
+    when the share changes (training stages follow it: `train.loop.ThreadShare`)."""
     argv = stage.command_line()
     log.parent.mkdir(parents=True, exist_ok=True)
     env = child_env()
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        atomic_write_text(threads_file(log), f"{threads}\n", fsync=False)
+        env[THREADS_FILE_ENV] = str(threads_file(log))
     with open(log, "a") as f:
         f.write(f"\n$ lost {' '.join(argv)}    # {time.strftime('%Y-%m-%d %H:%M:%S')}"
                 f"{f', {threads} thread(s)' if threads else ''}\n")
@@ -319,6 +324,24 @@ def run_stage(stage: Stage, log: Path, threads: int | None = None) -> int:
         proc = subprocess.run([sys.executable, "-m", "lostcli", *argv], stdout=f, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, env=env, check=False)
     return proc.returncode
+
+
+def threads_file(log: Path) -> Path:
+    """Where a running stage reads its current CPU share: beside its log, `<stage>.threads`."""
+    return log.with_suffix(".threads")
+
+
+def rebalance(cores: int, shares: dict[str, int], logs: Path) -> dict[str, int]:
+    """Split the cores evenly among the running stages (`shares`: name -> threads now; the first ones get
+    the remainder) and rewrite the threads file of each stage whose share changed; the new shares."""
+    if not shares:
+        return {}
+    base, extra = divmod(cores, len(shares))
+    new = {name: max(1, base + (i < extra)) for i, name in enumerate(shares)}
+    for name, n in new.items():
+        if n != shares[name]:
+            atomic_write_text(threads_file(logs / f"{name}.log"), f"{n}\n", fsync=False)
+    return new
 
 
 ProgressFn = Callable[[str, int, int, Stage, float], None]  # (event, index, total, stage, seconds)
@@ -363,6 +386,7 @@ def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, jobs: int = 
     pending = [s for s in stages if s.name not in finished]
     cores = cpu_threads()
     ran: list[str] = []
+    shares: dict[str, int] = {}  # running stage -> its current CPU threads
     failure: StageError | None = None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         running: dict[Future, tuple[Stage, float, str, int]] = {}
@@ -374,8 +398,10 @@ def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, jobs: int = 
                 threads = thread_share(cores, len(running), len(ready), jobs)
                 running[pool.submit(_start, stage, out, threads)] = (
                     stage, time.time(), "lost " + " ".join(stage.command_line()), threads)
+                shares[stage.name] = threads
                 if progress:
                     progress("start", index[stage.name], len(stages), stage, 0.0)
+            shares = rebalance(cores, shares, out / "logs")
             if not running:
                 if pending and failure is None:  # nothing can start: a need that no stage provides
                     names = ", ".join(f"{s.name} (needs {', '.join(s.needs)})" for s in pending)
@@ -384,6 +410,7 @@ def run_demo(opts: DemoOptions, progress: ProgressFn | None = None, jobs: int = 
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 stage, s0, command, threads = running.pop(fut)
+                shares.pop(stage.name, None)
                 seconds = time.time() - s0
                 error = _check_finished(stage, fut.result(), out / "logs" / f"{stage.name}.log")
                 if error is not None:

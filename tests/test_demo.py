@@ -22,7 +22,9 @@ from lostcli.demo import (
     read_record,
     run_demo,
     stage_done,
+    rebalance,
     thread_share,
+    threads_file,
 )
 from lostcli.errors import ConfigError
 
@@ -278,6 +280,46 @@ def test_two_jobs_run_side_by_side_after_their_needs(tmp_path, monkeypatch):
     assert one.peak == 1 and one.order == ORDER  # one job: plan order
     with pytest.raises(ConfigError, match="--jobs"):
         run_with(one, opts, jobs=0)
+
+
+def test_rebalance_rewrites_only_changed_shares(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # vae ran beside teacher (1 + 1); teacher finished: vae gets both cores, its file says so
+    assert rebalance(2, {"vae": 1}, logs) == {"vae": 2}
+    assert threads_file(logs / "vae.log").read_text() == "2\n"
+    assert not threads_file(logs / "teacher.log").exists()
+    # a new stage starts beside it with 1: vae gives one back
+    assert rebalance(2, {"vae": 2, "rida": 1}, logs) == {"vae": 1, "rida": 1}
+    assert threads_file(logs / "vae.log").read_text() == "1\n" and not threads_file(logs / "rida.log").exists()
+    assert rebalance(5, {"a": 1, "b": 1}, logs) == {"a": 3, "b": 2}  # the first gets the remainder
+    assert rebalance(2, {"a": 1, "b": 1, "c": 1}, logs) == {"a": 1, "b": 1, "c": 1}  # never below 1
+    assert rebalance(2, {}, logs) == {}
+
+
+def test_training_loop_follows_the_threads_file(tmp_path, monkeypatch):
+    import torch
+
+    from lostcli.train.loop import ThreadShare
+
+    before = torch.get_num_threads()
+    path = tmp_path / "stage.threads"
+    try:
+        assert ThreadShare(str(path)).poll() is None  # no file yet: nothing changes
+        monkeypatch.setenv("LOST_THREADS_FILE", str(path))
+        share = ThreadShare()
+        torch.set_num_threads(1)
+        path.write_text("2\n")
+        assert share.poll() == 2 and torch.get_num_threads() == 2
+        assert share.poll() is None  # unchanged file: no second read
+        path.write_text("1\n")
+        os.utime(path, ns=(1, 1))  # a new stamp even within the clock's resolution
+        assert share.poll() == 1 and torch.get_num_threads() == 1
+        path.write_text("lots\n")
+        os.utime(path, ns=(2, 2))
+        assert share.poll() is None and torch.get_num_threads() == 1  # a bad value is ignored
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_thread_share():

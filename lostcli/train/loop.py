@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -33,7 +34,7 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import OptimConfig, TrainConfig, to_dict
+from ..config import THREADS_FILE_ENV, OptimConfig, TrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
 from ..persist import atomic_dir
 from . import state as st
@@ -191,9 +192,11 @@ def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_s
         if tb is not None:
             stack.callback(tb.close)
         window = _Window(accelerator.device)
+        threads = ThreadShare()
         data = iter(loader)
         run.model.train()
         for step in range(start_step, cfg.steps):
+            threads.poll()
             if hook is not None:
                 hook(step, schedule.epoch_of(step))
             lr = run.optimizer.param_groups[0]["lr"]  # the lr this step's update uses
@@ -214,6 +217,33 @@ def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_s
             if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.steps:
                 _save_checkpoint(accelerator, run.out_dir, done, schedule, last_loss, cfg.keep_checkpoints)
     return losses, last_loss
+
+
+class ThreadShare:
+    """Follows the CPU share a parent gives this process through the file named by $LOST_THREADS_FILE (one
+    integer, rewritten by `lost demo` when stages start or finish): `poll` sets torch's intra-op threads to it
+    whenever the file changes. One stat per call; no file, no variable or a bad value: nothing changes."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path if path is not None else os.environ.get(THREADS_FILE_ENV) or None
+        self.seen: int | None = None  # st_mtime_ns of the last file read
+
+    def poll(self) -> int | None:
+        """Apply the file's thread count if it changed since the last call; the count applied, else None."""
+        if self.path is None:
+            return None
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+            if stamp == self.seen:
+                return None
+            self.seen = stamp
+            n = int(Path(self.path).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if n < 1 or n == torch.get_num_threads():
+            return None
+        torch.set_num_threads(n)
+        return n
 
 
 def _optimizer_step(run: _Run, data: Iterator, window: _Window) -> torch.Tensor:
