@@ -66,10 +66,9 @@ def _tokenize(page, mesh: Path, out: Path, num_tokens: int, timeout_s: float) ->
     ladder = time.perf_counter() - t0
     slider = panel.locator("input[type=range]").first
     slider.focus()
-    ladder_ks = [1]
-    while ladder_ks[-1] * 2 < num_tokens:
-        ladder_ks.append(ladder_ks[-1] * 2)
-    ladder_ks.append(num_tokens)
+    from lostcli.web.session import prefix_ladder
+
+    ladder_ks = prefix_ladder(num_tokens)
     moves = []  # every prefix, decoded at upload: each move is answered from the cache
     for key, k in [*[("ArrowRight", k) for k in ladder_ks[1:]], ("Home", 1), ("End", num_tokens)]:
         t1 = time.perf_counter()

@@ -315,7 +315,7 @@ def run_stage(stage: Stage, log: Path, threads: int | None = None) -> int:
     env = child_env()
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        atomic_write_text(threads_file(log), f"{threads}\n", fsync=False)
+        _write_share(log, threads)
         env[THREADS_FILE_ENV] = str(threads_file(log))
     with open(log, "a") as f:
         f.write(f"\n$ lost {' '.join(argv)}    # {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -331,6 +331,11 @@ def threads_file(log: Path) -> Path:
     return log.with_suffix(".threads")
 
 
+def _write_share(log: Path, threads: int) -> None:
+    """Tell the stage logging to `log` that its CPU share is now `threads`."""
+    atomic_write_text(threads_file(log), f"{threads}\n", fsync=False)
+
+
 def rebalance(cores: int, shares: dict[str, int], logs: Path) -> dict[str, int]:
     """Split the cores evenly among the running stages (`shares`: name -> threads now; the first ones get
     the remainder) and rewrite the threads file of each stage whose share changed; the new shares."""
@@ -340,7 +345,7 @@ def rebalance(cores: int, shares: dict[str, int], logs: Path) -> dict[str, int]:
     new = {name: max(1, base + (i < extra)) for i, name in enumerate(shares)}
     for name, n in new.items():
         if n != shares[name]:
-            atomic_write_text(threads_file(logs / f"{name}.log"), f"{n}\n", fsync=False)
+            _write_share(logs / f"{name}.log", n)
     return new
 
 
