@@ -173,8 +173,9 @@ def test_cli_eval_gen_and_errors(setup, tmp_path, capsys):
     bundle, data, cls = setup
     code, out, err = cli(capsys, "eval", "gen", "--model", bundle, "--data", data, "--cfg", "1,2", "--classifier", cls,
                          "--prompts-per-category", 1, "--seeds", 2, "--resolution", 16, "--fd-network", "classifier",
-                         "--out", tmp_path / "r")
+                         "--cfg-schedule", "linear", "--out", tmp_path / "r")
     assert code == 0, err
+    assert json.loads((tmp_path / "r" / "gen.json").read_text())["settings"]["guidance_schedule"] == "linear"
     assert "cfg 1: class acc" in out and "cfg 2: class acc" in out and "FD-render-classifier" in out
     assert "below 500 shapes" in err
     rows = json.loads((tmp_path / "r" / "gen.json").read_text())["rows"]
@@ -189,6 +190,9 @@ def test_cli_eval_gen_and_errors(setup, tmp_path, capsys):
                                            f"--into {broken})"
     code, _, err = cli(capsys, "eval", "gen", "--model", bundle, "--data", data, "--cfg", "x", "--out", tmp_path / "r3")
     assert code == 2 and "--cfg x" in one_error(err)
+    code, _, err = cli(capsys, "eval", "gen", "--model", bundle, "--data", data, "--cfg-schedule", "cosine",
+                       "--out", tmp_path / "r3")
+    assert code == 2 and "guidance_schedule: must be one of ['constant', 'linear']" in one_error(err)
     code, _, err = cli(capsys, "eval", "gen", "--model", bundle, "--data", data, "--fd-network", "classifier",
                        "--out", tmp_path / "r4")
     assert code == 2 and "--classifier" in one_error(err)

@@ -184,6 +184,7 @@ def gen(
     seeds: Annotated[int, typer.Option("--seeds", help="Samples (seeded draws) per prompt.")] = 4,
     fd_network: Annotated[str, typer.Option("--fd-network", help="FD features: auto, inception, classifier or a teacher spec.")] = "auto",
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Sampling temperature (default: the bundle's).")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--cfg-schedule", help="Guidance schedule over the tokens: constant or linear (default: the bundle's).")] = None,
     tokens: Annotated[Optional[int], typer.Option("--tokens", help="Tokens generated and decoded (default: the GPT's length).")] = None,
     resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid.")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts generated together (x seeds samples).")] = 8,
@@ -204,8 +205,8 @@ def gen(
     from .common import ProgressBar
 
     settings = GenEvalConfig(split=split, cfgs=parse_cfgs(cfg), prompts_per_category=prompts, seeds=seeds,
-                             temperature=temperature, num_tokens=tokens, resolution=resolution,
-                             batch_size=batch_size, seed=seed, fd_network=fd_network,
+                             temperature=temperature, guidance_schedule=schedule, num_tokens=tokens,
+                             resolution=resolution, batch_size=batch_size, seed=seed, fd_network=fd_network,
                              prompts=read_prompt_file(prompt_file) if prompt_file is not None else None)
     require_dir(data, "dataset")
     require_dir(model, "model bundle")

@@ -35,6 +35,7 @@ from ..data.render import save_grid, views_tile
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
+from ..models.gpt import GUIDANCE_SCHEDULES
 from ..persist import atomic_write_json
 from ..pipeline import GenerateConfig
 from .bootstrap import mean_change_interval
@@ -70,7 +71,9 @@ class GenEvalConfig:
                    "give at least one finite guidance scale >= 0"),
                   ("prompts_per_category", self.prompts_per_category >= 1, "must be >= 1"),
                   ("seeds", self.seeds >= 1, "must be >= 1"), ("batch_size", self.batch_size >= 1, "must be >= 1"),
-                  ("resolution", self.resolution >= 2, "must be >= 2")]
+                  ("resolution", self.resolution >= 2, "must be >= 2"),
+                  ("guidance_schedule", self.guidance_schedule in (None, *GUIDANCE_SCHEDULES),
+                   f"must be one of {list(GUIDANCE_SCHEDULES)}")]
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why}")
