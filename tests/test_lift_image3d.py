@@ -14,7 +14,8 @@ from PIL import Image
 from conftest import Killed, cli, kill_before_step, one_error
 from lostcli.config import OptimConfig, TrainConfig
 from lostcli.data.store import DatasetStore, ShardWriter
-from lostcli.image3d.condition import ImageEncoders
+from lostcli.errors import ConfigError
+from lostcli.image3d.condition import CLIP_MEAN, CLIP_STD, ImageEncoders
 from lostcli.image3d.pipeline import ImageTo3D, ImageTo3DConfig
 from lostcli.latent.direct3d import TriplaneVAE
 from lostcli.latent.direct3d_dit import Direct3DDiT
@@ -242,9 +243,90 @@ def test_recipe_loads_and_the_cli_trains(capsys, tmp_path):
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "image3d.yaml"
     code, out, err = cli(capsys, "image3d", "train", "--recipe", recipe, "--data", tmp_path / "data", "--out",
                          tmp_path / "run", "--set", f"model.vae={tmp_path / 'vae'}", "--set", "train.steps=2",
-                         "--set", "train.batch_size=4", "--set", f"model.image_size={SIZE}")
+                         "--set", "train.batch_size=4", "--set", f"model.image_size={SIZE}",
+                         "--set", "model.towers.patch_size=14")
     assert code == 0, err
     assert "trained 2 steps" in out and (tmp_path / "run" / "export" / "dit" / "config.json").is_file()
     code, _, err = cli(capsys, "image3d", "train", "--recipe", recipe, "--data", tmp_path / "data", "--out",
                        tmp_path / "run2", "--set", "train.steps=2")
     assert code != 0 and "model.vae" in one_error(err)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A teacher's image tower as the frozen semantic tower (model.semantic_tower)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _teacher(folder: Path, image_size: int = SIZE, quick_gelu: bool = False) -> Path:
+    """A small random built-in teacher (weights moved off their init) saved as a folder."""
+    from lostcli.models.teacher import ClipTeacher, ClipTeacherConfig
+
+    torch.manual_seed(1)
+    teacher = ClipTeacher(ClipTeacherConfig(embed_dim=16, image_size=image_size, patch_size=14, vision_width=48,
+                                            vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
+                                            text_heads=2))
+    if quick_gelu:
+        from open_clip.transformer import QuickGELU
+
+        for block in teacher.model.visual.transformer.resblocks:
+            block.mlp.gelu = QuickGELU()
+    with torch.no_grad():
+        for p in teacher.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    if quick_gelu:
+        return teacher
+    teacher.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("quick_gelu", [False, True])
+def test_open_clip_tower_becomes_a_transformers_clip_tower_with_the_same_outputs(tmp_path, quick_gelu):
+    from lostcli.image3d.condition import clip_vision_from_open_clip, load_tower
+    from lostcli.teachers import load_teacher
+
+    teacher = _teacher(tmp_path / "t", quick_gelu=quick_gelu)
+    visual = (teacher if quick_gelu else load_teacher(tmp_path / "t")).model.visual
+    tower = clip_vision_from_open_clip(visual)
+    assert tower.config.hidden_act == ("quick_gelu" if quick_gelu else "gelu")
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        pooled, tokens = visual(x)  # [3, 16] projected CLS, [3, 4, 48] patches after ln_post
+        hidden = tower(pixel_values=x).last_hidden_state  # [3, 5, 48] before post_layernorm
+        after = tower.post_layernorm(hidden)
+    assert hidden.shape == (3, 5, 48)
+    assert torch.allclose(after[:, 1:], tokens, atol=1e-5)
+    assert torch.allclose(after[:, 0] @ visual.proj, pooled, atol=1e-5)
+    assert not torch.allclose(hidden, after, atol=1e-2)  # the DiT reads the state before the post-LayerNorm
+    tower.save_pretrained(tmp_path / "semantic")
+    with torch.no_grad():
+        again = load_tower("semantic", tmp_path / "semantic")(pixel_values=x).last_hidden_state
+    assert torch.equal(again, hidden)
+
+
+def test_teacher_semantic_tower_is_frozen_read_by_the_dit_and_exported(tmp_path):
+    from lostcli.teachers import load_teacher
+
+    _tiny_store(tmp_path / "data")
+    TriplaneVAE.from_preset("tiny").save_pretrained(tmp_path / "vae")
+    cfg = _cfg(tmp_path / "vae")
+    cfg.model.semantic_tower = str(_teacher(tmp_path / "teacher"))
+    seed_everything(0)
+    task = build_task(cfg, tmp_path / "data")
+    assert task.dit.config.semantic_channels == 48 and task.dit.config.pixel_channels == 32
+    assert not any(p.requires_grad for p in task.semantic.parameters())
+    before = {k: v.clone() for k, v in task.semantic.state_dict().items()}
+    data = RenderLatentPairs(tmp_path / "data", SIZE)
+    result = train(task, data, cfg.train, cfg.optim, tmp_path / "run", progress=False)
+    assert result.steps == 4 and np.isfinite(result.final_loss)
+    assert all(torch.equal(before[k], v) for k, v in task.semantic.state_dict().items())
+    pipe = ImageTo3D.from_pretrained(tmp_path / "run" / "export")
+    image = data[0]["image"][None]
+    visual = load_teacher(tmp_path / "teacher").model.visual
+    with torch.no_grad():
+        cond = pipe.encoders(image)
+        _, tokens = visual((image - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None])
+    assert torch.allclose(pipe.encoders.semantic.post_layernorm(cond.semantic)[:, 1:], tokens, atol=1e-5)
+
+    cfg.model.image_size = 2 * SIZE
+    with pytest.raises(ConfigError, match=r"model.image_size: 56 must equal the semantic tower's input side 28"):
+        build_task(cfg, tmp_path / "data")

@@ -224,6 +224,57 @@ def load_tower(kind: str, spec: str | Path) -> nn.Module:
     return model.float().eval()
 
 
+def clip_vision_from_open_clip(visual: nn.Module) -> nn.Module:
+    """An OpenCLIP ViT image tower as transformers' `CLIPVisionModel`, its weights copied exactly.
+
+    The copy computes what the OpenCLIP tower computes: its last hidden state after `post_layernorm` is the
+    tower's token output after `ln_post` (CLS first), so it can stand where Direct3D's pipeline reads CLIP ViT-L/14
+    and be saved and loaded as any transformers tower (`load_tower("semantic", folder)`). The fused attention
+    input projection is split into q / k / v; GELU and QuickGELU towers are both read. The projection to the
+    joint embedding is not part of a CLIP vision tower and is dropped (Direct3D reads the unprojected width).
+
+    Raises:
+        CheckpointError: one line naming what this layout cannot hold (attention pooling, layer scale, a
+            patch-embedding bias, no class token).
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    blocks = list(getattr(getattr(visual, "transformer", None), "resblocks", []))
+    why = ("no transformer.resblocks" if not blocks else "attention pooling" if getattr(visual, "attn_pool", None)
+           is not None else "no class token" if getattr(visual, "class_embedding", None) is None
+           else "a patch-embedding bias" if visual.conv1.bias is not None
+           else "layer scale" if not isinstance(blocks[0].ls_1, nn.Identity) else "")
+    if why:
+        raise CheckpointError(f"OpenCLIP image tower: {why} has no place in a CLIP vision tower")
+    width, patch = int(visual.conv1.out_channels), int(visual.conv1.kernel_size[0])
+    act = "quick_gelu" if type(blocks[0].mlp.gelu).__name__ == "QuickGELU" else "gelu"
+    config = CLIPVisionConfig(hidden_size=width, intermediate_size=int(blocks[0].mlp.c_fc.out_features),
+                              num_hidden_layers=len(blocks), num_attention_heads=int(blocks[0].attn.num_heads),
+                              image_size=int(visual.image_size[0]), patch_size=patch, hidden_act=act,
+                              layer_norm_eps=float(blocks[0].ln_1.eps), projection_dim=width)
+    model = CLIPVisionModel(config)
+    ours = {"embeddings.class_embedding": visual.class_embedding,
+            "embeddings.patch_embedding.weight": visual.conv1.weight,
+            "embeddings.position_embedding.weight": visual.positional_embedding}
+    for name, norm in (("pre_layrnorm", visual.ln_pre), ("post_layernorm", visual.ln_post)):
+        ours.update({f"{name}.weight": norm.weight, f"{name}.bias": norm.bias})
+    for i, block in enumerate(blocks):
+        layer = f"encoder.layers.{i}."
+        for name, w, b in zip(("q_proj", "k_proj", "v_proj"), block.attn.in_proj_weight.chunk(3),
+                              block.attn.in_proj_bias.chunk(3)):
+            ours.update({f"{layer}self_attn.{name}.weight": w, f"{layer}self_attn.{name}.bias": b})
+        for ours_name, theirs in (("self_attn.out_proj", block.attn.out_proj), ("layer_norm1", block.ln_1),
+                                  ("layer_norm2", block.ln_2), ("mlp.fc1", block.mlp.c_fc),
+                                  ("mlp.fc2", block.mlp.c_proj)):
+            ours.update({f"{layer}{ours_name}.weight": theirs.weight, f"{layer}{ours_name}.bias": theirs.bias})
+    target = model.state_dict()
+    prefix = next(k for k in target if k.endswith("embeddings.class_embedding"))[:-len("embeddings.class_embedding")]
+    state = {prefix + k: v.detach().clone().float() for k, v in ours.items()}
+    state.update({k: v for k, v in target.items() if k not in state and k.endswith("position_ids")})  # buffers
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
 def load_encoders(semantic: str | Path = SEMANTIC_ENCODER, pixel: str | Path = PIXEL_ENCODER,
                   image_size: int = 224) -> ImageEncoders:
     """CLIP vision + DINOv2 towers by spec (hub ids or local folders), frozen, on the CPU."""

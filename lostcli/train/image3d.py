@@ -4,10 +4,13 @@ As Direct3D trains its DiT: DDPM noise with the linear beta schedule 1e-4 .. 0.0
 prediction, MSE; the image conditions (pixel tokens, semantic tokens and the pooled token) are replaced by zeros
 for a `cond_drop` share of the batch, the unconditional input classifier-free guidance samples against.
 
-The tiny preset's image encoders are two small ViTs built from transformers' CLIP-vision and DINOv2 configs and
-trained with the DiT (the real ones are frozen CLIP ViT-L/14 and DINOv2-L). A random frozen tower would hand the
-DiT fixed random features; trained from scratch on ~800 shapes x 4 views, the towers learn what tells the shapes
-apart (docs/data-engine.md has the measurement). The export is an `ImageTo3D` folder (`lost dataset lift --model`).
+Direct3D reads two frozen towers, CLIP ViT-L/14 (semantic) and DINOv2-L (pixel). The tiny recipe keeps that
+split with what an offline machine has: the semantic tower is the built-in teacher's image tower (an OpenCLIP ViT
+trained on the dataset's renders and captions, `model.semantic_tower`), converted to a transformers CLIP vision
+tower and frozen; the pixel tower is a small DINOv2 trained with the DiT. With `model.semantic_tower: ""` both
+towers are small ViTs trained from scratch with the DiT (a random frozen tower would hand the DiT fixed random
+features). docs/data-engine.md has the measurements. The export is an `ImageTo3D` folder
+(`lost dataset lift --model`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class Image3DModelConfig:
     vae: str = ""  # the TriplaneVAE folder whose latents the dataset's `latents` table holds (required)
     image_size: int = 112  # side both towers see (tokens = (image_size / patch_size)^2 + 1)
     towers: TowerConfig = field(default_factory=TowerConfig)
+    # "": a semantic (CLIP vision) tower trained with the DiT; else an OpenCLIP teacher spec (a built-in teacher
+    # folder, open_clip:...) whose image tower becomes the frozen semantic tower, as Direct3D freezes CLIP
+    semantic_tower: str = ""
 
 
 @dataclass
@@ -76,6 +82,22 @@ class Image3DRunConfig:
 # ----------------------------------------------------------------------------------------------------
 
 
+def frozen_semantic_tower(spec: str, image_size: int) -> nn.Module:
+    """A teacher's OpenCLIP image tower as a frozen transformers CLIP vision tower (`model.semantic_tower`)."""
+    from ..image3d.condition import clip_vision_from_open_clip
+    from ..models.teacher import OpenClipTeacher
+    from ..teachers import load_teacher
+
+    teacher = load_teacher(spec)
+    if not isinstance(teacher, OpenClipTeacher):
+        raise ConfigError(f"model.semantic_tower: {spec} is a {type(teacher).__name__}; the semantic tower must be "
+                          "an OpenCLIP image tower (a built-in teacher folder or an open_clip: spec)")
+    if teacher.image_size != image_size:
+        raise ConfigError(f"model.image_size: {image_size} must equal the semantic tower's input side "
+                          f"{teacher.image_size} ({spec})")
+    return clip_vision_from_open_clip(teacher.model.visual).requires_grad_(False)
+
+
 def build_towers(cfg: TowerConfig, image_size: int) -> tuple[nn.Module, nn.Module]:
     """Untrained (semantic, pixel) towers: a CLIP vision transformer and a DINOv2, both `cfg`-sized."""
     from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
@@ -93,8 +115,9 @@ def build_towers(cfg: TowerConfig, image_size: int) -> tuple[nn.Module, nn.Modul
     return semantic, pixel
 
 
-def build_dit(cfg: Image3DModelConfig) -> Direct3DDiT:
-    """A preset DiT with field overrides; ConfigError names `model.dit` or `model.dit_overrides.<field>`."""
+def build_dit(cfg: Image3DModelConfig, semantic_channels: int, pixel_channels: int) -> Direct3DDiT:
+    """A preset DiT with field overrides, reading towers of the given widths; ConfigError names `model.dit` or
+    `model.dit_overrides.<field>`."""
     if cfg.dit not in Direct3DDiT.presets:
         raise ConfigError(f"model.dit: {cfg.dit!r} is not a preset (known: {', '.join(Direct3DDiT.presets)})")
     config = copy.deepcopy(Direct3DDiT.presets[cfg.dit])
@@ -102,7 +125,10 @@ def build_dit(cfg: Image3DModelConfig) -> Direct3DDiT:
         if not hasattr(config, key):
             raise ConfigError(f"model.dit_overrides.{key}: unknown Direct3DDiTConfig field")
         setattr(config, key, value)
-    return Direct3DDiT(config, preset=None if cfg.dit_overrides else cfg.dit)
+    widths = (config.semantic_channels, config.pixel_channels)
+    config.semantic_channels, config.pixel_channels = semantic_channels, pixel_channels
+    same = not cfg.dit_overrides and widths == (semantic_channels, pixel_channels)
+    return Direct3DDiT(config, preset=cfg.dit if same else None)
 
 
 def latent_affine(stats: dict) -> tuple[float, float]:
@@ -180,8 +206,10 @@ class Image3DTask(Task):
                                    beta_end=s.beta_end, beta_schedule=s.beta_schedule)
 
     def encode(self, images: torch.Tensor) -> ImageCondition:
-        """images [B, 3, S, S] in [0, 1] -> the DiT's conditions (with gradients, unlike `ImageEncoders`)."""
-        semantic = self.semantic(pixel_values=normalise(images, CLIP_MEAN, CLIP_STD)).last_hidden_state  # [B, N, D]
+        """images [B, 3, S, S] in [0, 1] -> the DiT's conditions (with gradients through trained towers)."""
+        frozen = not any(p.requires_grad for p in self.semantic.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            semantic = self.semantic(pixel_values=normalise(images, CLIP_MEAN, CLIP_STD)).last_hidden_state  # [B,N,D]
         pixel = self.pixel(pixel_values=normalise(images, DINO_MEAN, DINO_STD)).last_hidden_state  # [B, N, D]
         return ImageCondition(pixel=pixel, semantic=semantic, pooled=semantic[:, 0])
 
@@ -212,17 +240,17 @@ class Image3DTask(Task):
 
 
 def build_task(cfg: Image3DRunConfig, data: str | Path) -> Image3DTask:
-    """The stage's task: a preset DiT, fresh towers, and the VAE of `data`'s latents table (scaled by its stats)."""
+    """The stage's task: a preset DiT reading the towers' widths, the towers (fresh, or a frozen teacher tower for
+    the semantic one), and the VAE of `data`'s latents table (scaled by its stats)."""
     store = DatasetStore(Path(data))
     require_latents(store)
     vae = load_vae(cfg.model.vae, store.read_stats(LATENTS))
-    dit = build_dit(cfg.model)
-    if (dit.config.semantic_channels, dit.config.pixel_channels) != (cfg.model.towers.hidden_size,) * 2:
-        raise ConfigError(f"model.towers.hidden_size: {cfg.model.towers.hidden_size} does not fit the DiT preset "
-                          f"{cfg.model.dit!r} ({dit.config.semantic_channels} / {dit.config.pixel_channels})")
+    semantic, pixel = build_towers(cfg.model.towers, cfg.model.image_size)
+    if cfg.model.semantic_tower:
+        semantic = frozen_semantic_tower(cfg.model.semantic_tower, cfg.model.image_size)
+    dit = build_dit(cfg.model, int(semantic.config.hidden_size), int(pixel.config.hidden_size))
     if tuple(vae.latent_shape) != (dit.config.in_channels, *dit.config.sample_size):
         raise ConfigError(f"model.vae: latent {list(vae.latent_shape)} does not fit the DiT preset {cfg.model.dit!r}")
-    semantic, pixel = build_towers(cfg.model.towers, cfg.model.image_size)
     return Image3DTask(dit, semantic, pixel, vae, cfg)
 
 
