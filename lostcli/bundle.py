@@ -36,7 +36,7 @@ BUNDLE_NAME = "bundle.json"
 BUNDLE_FORMAT = 1
 REQUIRED = ("vae", "tokenizer")  # components every bundle has; gpt / text_encoder are optional
 # when the tokenizer export names none; "shift" is the flow sampler's time shift (exports before it: 1.0)
-SAMPLING_DEFAULTS = {"steps": 25, "guidance": 3.0, "scheduler": "flow", "shift": 1.0}
+SAMPLING_DEFAULTS = {"steps": 25, "guidance": 3.0, "scheduler": "flow", "shift": 1.0, "temperature": 1.0}
 # generation settings when bundle.json has no "gpt" entry, and those a GPT export does not name
 GENERATION_DEFAULTS = {"guidance": 3.0, "temperature": 1.0, "guidance_schedule": "constant"}
 

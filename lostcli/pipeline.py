@@ -327,6 +327,7 @@ class LostPipeline:
         steps: int | None = None,
         guidance: float | None = None,
         seed: int = 0,
+        temperature: float | None = None,
     ) -> torch.Tensor:
         """Token prefixes -> raw VAE latents z [B, C, H, W] by the tokenizer's guided diffusion sampler.
 
@@ -334,6 +335,8 @@ class LostPipeline:
             tokens: [K, token_dim] or [B, K, token_dim], K <= R.
             k: prefix length for every sample, one per sample, or None for all K.
             steps, guidance: sampler steps and CFG scale (None: the bundle's defaults, 25 and 3.0).
+            temperature: scale of the sampler's starting noise (None: the bundle's default, 1.0 unless the
+                tokenizer's export names another).
             seed: the batch's noise comes from one generator seeded with this: same inputs, same latents.
         """
         from .models.flow import sample_latents
@@ -357,7 +360,9 @@ class LostPipeline:
                                steps=int(steps if steps is not None else self.sampling["steps"]),
                                guidance=float(guidance if guidance is not None else self.sampling["guidance"]),
                                generator=generator, kind=self.sampling["scheduler"],
-                               shift=float(self.sampling["shift"]))
+                               shift=float(self.sampling["shift"]),
+                               temperature=float(temperature if temperature is not None
+                                                 else self.sampling["temperature"]))
             return tokenizer.denormalize(z.float())
 
     def to_meshes(self, z: torch.Tensor, resolution: int = 128) -> list[trimesh.Trimesh | None]:
@@ -373,11 +378,12 @@ class LostPipeline:
         guidance: float | None = None,
         seed: int = 0,
         resolution: int = 128,
+        temperature: float | None = None,
     ) -> list[trimesh.Trimesh | None]:
         """Token prefixes [K, D] or [B, K, D] -> one unit-frame mesh per sample (None: no surface found)."""
         if resolution < 1:
             raise ConfigError(f"resolution: must be >= 1, got {resolution}")
-        z = self.decode_latents(tokens, k=k, steps=steps, guidance=guidance, seed=seed)
+        z = self.decode_latents(tokens, k=k, steps=steps, guidance=guidance, seed=seed, temperature=temperature)
         return self.to_meshes(z, resolution)
 
     # -- generate -----------------------------------------------------------------------------------

@@ -155,6 +155,27 @@ def test_sampler_is_seeded_and_guidance_one_is_the_conditional_sampler():
     assert (got - a).abs().mean() > 1e-3  # guidance 3 is something else
 
 
+class _Still:
+    """A velocity decoder that predicts 0 everywhere: the flow sampler returns its starting noise unchanged."""
+
+    config = LoSTConfig(**{**TINY, "prediction": "velocity"})
+
+    def decode(self, cond, keep, x_t, t, drop_cond=None):
+        return torch.zeros_like(x_t)
+
+
+def test_temperature_scales_the_starting_noise():
+    tokens, keep = torch.randn(2, 8, 8), torch.tensor([8, 3])
+    noise = torch.randn(2, 4, 4, 8, generator=torch.Generator().manual_seed(3))
+    for temperature in (1.0, 0.5, 0.0):
+        out = sample_latents(_Still(), tokens, keep, steps=3, guidance=2.0, temperature=temperature,
+                             generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(out, noise * temperature)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ConfigError, match="temperature"):
+            sample_latents(_Still(), tokens, keep, steps=3, temperature=bad)
+
+
 def test_sampler_rejects_a_decoder_of_the_other_kind():
     with pytest.raises(ConfigError, match="epsilon"):
         sample_latents(_tokenizer(), torch.randn(1, 8, 8), torch.tensor([8]), steps=2, kind="ddpm")

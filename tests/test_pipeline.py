@@ -102,7 +102,8 @@ def test_bundle_layout_and_model_id(bundle, pipe):
     weights = (bundle / "tokenizer" / "model.safetensors").read_bytes()
     assert meta["model_id"] == hashlib.sha256(weights).hexdigest() == pipe.model_id
     # the export's defaults; an export that names no time shift samples unshifted (exports before the key)
-    assert meta["tokenizer"] == {"steps": STEPS, "guidance": 2.0, "scheduler": "flow", "shift": 1.0}
+    assert meta["tokenizer"] == {"steps": STEPS, "guidance": 2.0, "scheduler": "flow", "shift": 1.0,
+                                 "temperature": 1.0}
     assert (meta["num_tokens"], meta["token_dim"], meta["latent_shape"]) == (R, 32, [8, 4, 12])
     for part in ("vae", "tokenizer"):
         assert {p.name for p in (bundle / part).iterdir()} >= {"config.json", "model.safetensors"}

@@ -229,6 +229,7 @@ def test_cli_recon(setup, tmp_path, capsys):
     rep = json.loads((out / "recon.json").read_text())
     assert [r["k"] for r in rep["rows"]] == [2, 8, "vae", "mean"]
     assert rep["command"].startswith("lost ") and rep["settings"]["steps"] == 2
+    assert rep["settings"]["temperature"] == 1.0  # the bundle's default
     assert "k=    2" in stdout and "chance 0.333" in stdout
     k8 = rep["rows"][1]  # the change from k = 2, with its interval, on the printed line
     assert f"(change {100 * k8['chamfer_change']:+.3f} [{100 * k8['chamfer_change_ci'][0]:+.3f}," in stdout
@@ -237,6 +238,20 @@ def test_cli_recon(setup, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "1..8" in err
     code, _, err = run("eval", "recon", "--model", tmp_path, "--data", data, "--out", out)
     assert code == 2 and err.count("\n") == 1
+    code, _, err = run("eval", "recon", "--model", bundle, "--data", data, "--temperature", "-0.5", "--out", out)
+    assert code == 2 and err.count("\n") == 1 and "--temperature: must be a finite number >= 0, got -0.5" in err
+
+
+def test_decoder_temperature_changes_the_decode_and_one_is_the_default(setup):
+    data, bundle, _ = setup
+    pipe = LostPipeline.from_pretrained(bundle, device="cpu")
+    cfg = ReconConfig(ks=["all"], steps=2, guidance=1.0, resolution=16, n_points=500, limit=2, fd_network="none")
+    default = evaluate_recon(pipe, data, cfg)
+    cfg.temperature = 1.0
+    assert evaluate_recon(pipe, data, cfg).shapes == default.shapes
+    cfg.temperature = 0.0
+    cold = evaluate_recon(pipe, data, cfg)
+    assert cold.report["settings"]["temperature"] == 0.0 and cold.shapes != default.shapes
 
 
 def test_compare_a_second_bundle_shape_by_shape(setup, tmp_path):

@@ -214,6 +214,9 @@ def test_full_noise_regression_by_hand(prediction):
     assert tok.encoder.to_tokens.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="tokenizer.x0_weight"):
         _task(x0_weight=-1.0)
+    with pytest.raises(ConfigError, match="tokenizer.sample_temperature: must be a finite number >= 0"):
+        _task(sample_temperature=-0.5)
+    assert _task(sample_temperature=0.25).sampling_defaults()["temperature"] == 0.25
     with pytest.raises(ConfigError, match="tokenizer.x0_weight"):  # epsilon at pure noise: ill-posed
         TokenizerTask(LoSTTokenizer(LoSTConfig(**TINY, prediction="epsilon")),
                       TokenizerObjectiveConfig(scheduler="ddpm", semantic_weight=0.0, x0_weight=1.0))

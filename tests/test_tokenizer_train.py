@@ -269,7 +269,8 @@ def test_cli_train_writes_an_export(store, rida_export, tmp_path):
     assert "export" in out
     export = tmp_path / "run" / "export"
     meta = json.loads((export / "config.json").read_text())
-    assert meta["sampling"] == {"scheduler": "flow", "steps": 25, "guidance": 3.0, "num_train_timesteps": 1000,
+    assert meta["sampling"] == {"scheduler": "flow", "steps": 25, "guidance": 3.0, "temperature": 1.0,
+                                "num_train_timesteps": 1000,
                                 "shift": 3.0}  # the sampler shifts times as training did
     assert meta["rida"]["path"] == str(rida_export) and meta["rida"]["teacher"] == {"name": "synthetic"}
     assert meta["run"]["tokenizer"]["semantic_weight"] == 0.1 and meta["config"]["latent_shape"] == SHAPE

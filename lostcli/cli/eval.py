@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -57,6 +58,7 @@ def recon(
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help="Feature network for render similarity (a teacher spec, see lost teacher eval).")] = None,
     steps: Annotated[int, typer.Option("--steps", help="Sampling steps of the decoder.")] = 25,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="Scale of the decoder's starting noise (default: the bundle's).")] = None,
     resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid.")] = 64,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N shapes of the split.")] = None,
     points: Annotated[int, typer.Option("--points", help="Surface samples per mesh for Chamfer / F-score.")] = 100_000,
@@ -80,6 +82,8 @@ def recon(
     from ..pipeline import LostPipeline
     from .common import ProgressBar
 
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"--temperature: must be a finite number >= 0, got {temperature}")
     require_dir(data, "dataset")
     require_dir(model, "model bundle")
     pipe = LostPipeline.from_pretrained(model)
@@ -94,8 +98,8 @@ def recon(
     if teacher is not None:
         from ..teachers import load_teacher
         feat = load_teacher(teacher)
-    cfg = ReconConfig(split=split, ks=parse_tokens(tokens), steps=steps, guidance=guidance, resolution=resolution,
-                      limit=limit, n_points=points, batch_size=batch_size, seed=seed, fd_network=fd_network)
+    cfg = ReconConfig(split=split, ks=parse_tokens(tokens), steps=steps, guidance=guidance, temperature=temperature,
+                      resolution=resolution, limit=limit, n_points=points, batch_size=batch_size, seed=seed, fd_network=fd_network)
     command = " ".join(["lost", *sys.argv[1:]])
     with ProgressBar("recon", None) as tick:
         result = evaluate_recon(pipe, data, cfg, classifier=cls, teacher=feat, out_dir=out, command=command,

@@ -47,6 +47,7 @@ class ReconConfig:
     ks: list[int | str] = field(default_factory=lambda: [1, 4, 16, "all"])  # prefix lengths; "all" = R
     steps: int = 25  # decoder sampling steps
     guidance: float = 3.0  # classifier-free guidance scale
+    temperature: float | None = None  # decoder starting-noise scale; None: the bundle's default
     resolution: int = 64  # marching-cubes grid
     limit: int | None = None  # only the first N shapes of the split
     n_points: int = N_POINTS  # surface samples per mesh for Chamfer / F-score
@@ -324,7 +325,9 @@ def _prefix_lengths(pipe, cfg: ReconConfig, compare: tuple[str, Any] | None) -> 
 
 def _settings(pipe, cfg: ReconConfig, ks: list[int], size: int) -> dict:
     """The report's "settings": what was decoded and measured, and how."""
-    return {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "resolution": cfg.resolution,
+    temperature = cfg.temperature if cfg.temperature is not None else pipe.sampling.get("temperature", 1.0)
+    return {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "temperature": temperature,
+            "resolution": cfg.resolution,
             "points_per_surface": cfg.n_points, "encoder_points": pipe.num_points, "seed": cfg.seed,
             "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")}
 
@@ -358,7 +361,8 @@ def _decode_batch(pipe, arrays: list[dict], ks: list[int], cfg: ReconConfig, see
     nrm = torch.from_numpy(np.stack([a["surface_normals"][:n_enc] for a in arrays]).astype(np.float32))
     tokens = pipe.tokenize_points(pts, nrm)  # [B, R, token_dim]
     meshes: dict[int | str, list] = {k: pipe.decode(tokens[:, :k], k=k, steps=cfg.steps, guidance=cfg.guidance,
-                                                    seed=seed, resolution=cfg.resolution) for k in ks}
+                                                    seed=seed, resolution=cfg.resolution,
+                                                    temperature=cfg.temperature) for k in ks}
     if with_vae:
         z = pipe.vae.encode(pts.to(pipe.device), nrm.to(pipe.device))
         meshes["vae"] = [pipe.vae.to_mesh(zi, resolution=cfg.resolution) for zi in z]

@@ -23,6 +23,7 @@ for "ddpm" (the decoder multiplies it by `LoSTConfig.time_scale`), identically i
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -229,6 +230,7 @@ def sample_latents(
     kind: str = "flow",
     num_train_timesteps: int = 1000,
     shift: float = 1.0,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Decode token prefixes into normalised latents with classifier-free guidance.
 
@@ -247,6 +249,8 @@ def sample_latents(
         kind: "flow" or "ddpm" (sampled with DDIM).
         shift: "flow": the time shift training used (`tokenizer.time_shift`), so the steps fall where the
             decoder was trained.
+        temperature: scales the starting noise (1: the sampler as trained; below 1 the deterministic flow
+            steps start nearer the centre of the noise and land nearer the decoder's mean reconstruction).
 
     Returns:
         z_norm [B, C, H, W] (`tokenizer.denormalize` maps it to the VAE's latent space).
@@ -262,7 +266,9 @@ def sample_latents(
     keep = torch.as_tensor(keep, dtype=torch.long, device=device)
     keep = keep.expand(B) if keep.dim() == 0 else keep
     where = generator.device if generator is not None else device
-    x = torch.randn(B, *tokenizer.config.latent_shape, generator=generator, device=where).to(device)
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature: must be a finite number >= 0, got {temperature}")
+    x = torch.randn(B, *tokenizer.config.latent_shape, generator=generator, device=where).to(device) * temperature
     scheduler = make_scheduler(kind, num_train_timesteps, for_sampling=True, shift=shift, prediction=prediction)
     scheduler.set_timesteps(steps, device=device)
     cond2, keep2 = torch.cat([tokens, tokens]), torch.cat([keep, keep])  # [cond ; null] for guided steps

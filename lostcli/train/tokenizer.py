@@ -17,6 +17,7 @@ x0_hat; the student is frozen (no optimizer state, no EMA) and kept in eval mode
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -93,6 +94,7 @@ class TokenizerObjectiveConfig:
     keep_sampling: str = "pow2"  # nested dropout's prefix lengths: "pow2" ({1, 2, 4, ..., R}, paper) or "uniform" (1..R)
     sample_steps: int = 25  # sampling defaults stored with the export: scheduler steps
     guidance: float = 3.0  # sampling defaults stored with the export: classifier-free guidance scale
+    sample_temperature: float = 1.0  # sampling defaults stored with the export: scale of the starting noise
 
 
 @dataclass
@@ -130,6 +132,8 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
         ("tokenizer.nest_after", cfg.nest_after >= 0, "must be >= 0 (epochs)"),
         ("tokenizer.keep_sampling", cfg.keep_sampling in KEEP_MODES, f"must be one of {list(KEEP_MODES)}"),
         ("tokenizer.sample_steps", cfg.sample_steps >= 1, "must be >= 1"),
+        ("tokenizer.sample_temperature", math.isfinite(cfg.sample_temperature) and cfg.sample_temperature >= 0,
+         "must be a finite number >= 0"),
         ("tokenizer.guidance", cfg.guidance >= 0, "must be >= 0"),
     ]
     for path, ok, why in checks:
@@ -359,6 +363,7 @@ class TokenizerTask(Task):
         """What `flow.sample_latents` should use with this model (stored as "sampling" in config.json)."""
         c = self.cfg
         return {"scheduler": c.scheduler, "steps": c.sample_steps, "guidance": c.guidance,
+                "temperature": c.sample_temperature,
                 "num_train_timesteps": c.num_train_timesteps, "shift": c.time_shift if c.scheduler == "flow" else 1.0}
 
     def export(self, out_dir: Path) -> None:
