@@ -99,7 +99,8 @@ def recon(
         from ..teachers import load_teacher
         feat = load_teacher(teacher)
     cfg = ReconConfig(split=split, ks=parse_tokens(tokens), steps=steps, guidance=guidance, temperature=temperature,
-                      resolution=resolution, limit=limit, n_points=points, batch_size=batch_size, seed=seed, fd_network=fd_network)
+                      resolution=resolution, limit=limit, n_points=points, batch_size=batch_size, seed=seed,
+                      fd_network=fd_network)
     command = " ".join(["lost", *sys.argv[1:]])
     with ProgressBar("recon", None) as tick:
         result = evaluate_recon(pipe, data, cfg, classifier=cls, teacher=feat, out_dir=out, command=command,

@@ -325,11 +325,10 @@ def _prefix_lengths(pipe, cfg: ReconConfig, compare: tuple[str, Any] | None) -> 
 
 def _settings(pipe, cfg: ReconConfig, ks: list[int], size: int) -> dict:
     """The report's "settings": what was decoded and measured, and how."""
-    temperature = cfg.temperature if cfg.temperature is not None else pipe.sampling.get("temperature", 1.0)
+    temperature = cfg.temperature if cfg.temperature is not None else pipe.sampling["temperature"]
     return {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "temperature": temperature,
-            "resolution": cfg.resolution,
-            "points_per_surface": cfg.n_points, "encoder_points": pipe.num_points, "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")}
+            "resolution": cfg.resolution, "points_per_surface": cfg.n_points, "encoder_points": pipe.num_points,
+            "seed": cfg.seed, "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")}
 
 
 def _context(pipe, store: DatasetStore, records: list[dict], cfg: ReconConfig, classifier: LoadedClassifier | None,

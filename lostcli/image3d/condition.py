@@ -240,12 +240,14 @@ def clip_vision_from_open_clip(visual: nn.Module) -> nn.Module:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     blocks = list(getattr(getattr(visual, "transformer", None), "resblocks", []))
-    why = ("no transformer.resblocks" if not blocks else "attention pooling" if getattr(visual, "attn_pool", None)
-           is not None else "no class token" if getattr(visual, "class_embedding", None) is None
-           else "a patch-embedding bias" if visual.conv1.bias is not None
-           else "layer scale" if not isinstance(blocks[0].ls_1, nn.Identity) else "")
-    if why:
-        raise CheckpointError(f"OpenCLIP image tower: {why} has no place in a CLIP vision tower")
+    unsupported = [("no transformer.resblocks", lambda: not blocks),
+                   ("attention pooling", lambda: getattr(visual, "attn_pool", None) is not None),
+                   ("no class token", lambda: getattr(visual, "class_embedding", None) is None),
+                   ("a patch-embedding bias", lambda: visual.conv1.bias is not None),
+                   ("layer scale", lambda: not isinstance(blocks[0].ls_1, nn.Identity))]
+    for why, found in unsupported:  # in order: a later check reads what an earlier one vouched for
+        if found():
+            raise CheckpointError(f"OpenCLIP image tower: {why} has no place in a CLIP vision tower")
     width, patch = int(visual.conv1.out_channels), int(visual.conv1.kernel_size[0])
     act = "quick_gelu" if type(blocks[0].mlp.gelu).__name__ == "QuickGELU" else "gelu"
     config = CLIPVisionConfig(hidden_size=width, intermediate_size=int(blocks[0].mlp.c_fc.out_features),

@@ -198,6 +198,7 @@ class Image3DTask(Task):
 
         super().__init__()
         self.dit, self.semantic, self.pixel, self.vae = dit, semantic, pixel, vae  # vae: frozen, for the export
+        self.semantic_frozen = not any(p.requires_grad for p in semantic.parameters())  # a teacher's tower
         self.cfg = cfg
         s = cfg.loss.scheduler
         if s.prediction_type != "epsilon":
@@ -207,8 +208,7 @@ class Image3DTask(Task):
 
     def encode(self, images: torch.Tensor) -> ImageCondition:
         """images [B, 3, S, S] in [0, 1] -> the DiT's conditions (with gradients through trained towers)."""
-        frozen = not any(p.requires_grad for p in self.semantic.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.semantic_frozen):
             semantic = self.semantic(pixel_values=normalise(images, CLIP_MEAN, CLIP_STD)).last_hidden_state  # [B,N,D]
         pixel = self.pixel(pixel_values=normalise(images, DINO_MEAN, DINO_STD)).last_hidden_state  # [B, N, D]
         return ImageCondition(pixel=pixel, semantic=semantic, pooled=semantic[:, 0])
@@ -245,6 +245,8 @@ def build_task(cfg: Image3DRunConfig, data: str | Path) -> Image3DTask:
     store = DatasetStore(Path(data))
     require_latents(store)
     vae = load_vae(cfg.model.vae, store.read_stats(LATENTS))
+    # both towers are drawn even when a teacher's replaces the semantic one, so the pixel tower's initialisation
+    # (and with it every run measured in docs/data-engine.md) does not depend on model.semantic_tower
     semantic, pixel = build_towers(cfg.model.towers, cfg.model.image_size)
     if cfg.model.semantic_tower:
         semantic = frozen_semantic_tower(cfg.model.semantic_tower, cfg.model.image_size)
