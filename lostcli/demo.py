@@ -203,7 +203,7 @@ def _report_stages(opts: DemoOptions) -> list[Stage]:
     return [
         Stage("recon", "reconstruction tables", ["eval", "recon", "--model", str(bundle), "--data", str(data),
                                                  "--compare", f"no_semantic={plain}", "--classifier", str(d / "cls"),
-                                                 "--teacher", str(d / "teacher" / "export"), "--guidance", "1.0",
+                                                 "--teacher", str(d / "teacher" / "export"),
                                                  *recon_size, "--out", str(rep / "recon")],
               [rep / "recon" / "recon.json"], needs=("bundle", "bundle_nosem", "classifier", "teacher")),
         Stage("retrieval", "retrieval table", ["rida", "eval", "--rida", str(d / "rida"), "--regression",

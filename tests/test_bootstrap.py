@@ -52,3 +52,28 @@ def test_mean_change_interval_is_paired():
     assert change == 0.5 and ci[0] < 0.5 < ci[1]
     change, ci = mean_change_interval(a, np.ones_like(a) + a)  # +1 on every item: no noise at all
     assert change == 1.0 and ci == [1.0, 1.0]
+
+
+def test_shape_change_sees_a_shared_one_percent_fall_that_the_median_difference_cannot():
+    from lostcli.eval.bootstrap import shape_change_intervals
+
+    rng = np.random.default_rng(1)
+    base = rng.lognormal(0.0, 0.6, size=72)  # per-shape difficulty, shared by every row
+    k4 = base * 0.99 * np.exp(rng.normal(0, 0.002, 72))  # every shape falls by about 1%
+    k16 = k4[rng.permutation(72)]  # the same values on other shapes: the medians agree, shapes do not
+    cd = np.stack([base, k4, k16], axis=1)
+    change, change_ci, fall = shape_change_intervals(cd, draws=500)
+    assert change[0] == pytest.approx(-0.01, abs=0.002) and change_ci[0][1] < 0 and fall[0] == 1.0
+    assert change_ci[1][0] < 0.0 < change_ci[1][1] and 0.2 < fall[1] < 0.8  # shuffled: no per-shape change
+    _, _, median_ci = median_intervals(np.stack([base, base[rng.permutation(72)] * 0.99], axis=1), draws=500)
+    assert median_ci[0][0] < 0.0 < median_ci[0][1]  # 1% of unpaired medians is lost in 72 shapes' noise
+
+
+def test_shape_change_by_hand_and_missing_values():
+    from lostcli.eval.bootstrap import shape_change_intervals
+
+    cd = np.array([[2.0, 1.0], [4.0, 5.0], [1.0, np.nan], [8.0, 6.0]])  # one failed reconstruction
+    change, change_ci, fall = shape_change_intervals(cd, draws=200)
+    assert change[0] == pytest.approx(-0.25)  # median of -0.5, +0.25, -0.25 (the failed shape left out)
+    assert fall[0] == pytest.approx(2 / 3)
+    assert -0.5 <= change_ci[0][0] <= change_ci[0][1] <= 0.25

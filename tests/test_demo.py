@@ -158,7 +158,7 @@ def test_plan_settings(tmp_path):
     assert "tokenizer.semantic_weight=0" in plain["sets"] and "tokenizer.repa_weight=0" in plain["sets"]
     recon = _parse(plan["recon"].args).params
     assert recon["compare"] == f"no_semantic={opts.out / 'bundle_nosem'}" and recon["limit"] >= 72
-    assert recon["guidance"] == 1.0 and recon["model"] == opts.out / "bundle"
+    assert recon["guidance"] is None and recon["model"] == opts.out / "bundle"  # the bundle's: 1.0 in the recipe
     assert _parse(plan["retrieval"].args).params["split"] == "train,val,test"
     gen = _parse(plan["gen"].args).params
     assert gen["cfg"] == "1,3" and gen["prompts"] == 3 and gen["seeds"] == 4

@@ -167,6 +167,14 @@ def test_recon_table_values(setup, tmp_path):
         assert by_k[k]["chamfer_change"] == pytest.approx(by_k[k]["chamfer"] - by_k[prev]["chamfer"])
         lo, hi = by_k[k]["chamfer_change_ci"]
         assert lo <= hi
+        # per shape: the median of CD_k / CD_prev - 1 over the shapes, from the values stored per shape
+        rel = [s[str(k)]["chamfer"] / s[str(prev)]["chamfer"] - 1 for s in rep["shapes"]
+               if not (s[str(k)]["failed"] or s[str(prev)]["failed"])]
+        assert by_k[k]["chamfer_shape_change"] == pytest.approx(float(np.median(rel)))
+        assert by_k[k]["chamfer_fall_share"] == pytest.approx(float(np.mean(np.array(rel) < 0)))
+        lo, hi = by_k[k]["chamfer_shape_change_ci"]
+        assert lo <= by_k[k]["chamfer_shape_change"] <= hi
+    assert "chamfer_shape_change" not in by_k["vae"]
 
     # the VAE row is the VAE's own reconstruction, measured as PROTOCOLS says
     from lostcli.data.store import DatasetStore
@@ -189,6 +197,7 @@ def test_recon_table_values(setup, tmp_path):
     assert "x10^-2" in md and "k = 8 (all)" in md and "mean latent (floor)" in md and "0.900" in md
     assert "| FD-render-classifier | KID (x10^3) |" in md
     assert "95% bootstrap interval" in md and "change from k = 1:" in md and "change from k = 4:" in md
+    assert "; per shape " in md and "of shapes" in md
     for name in ("1", "4", "8", "vae", "mean", "curve"):
         assert (tmp_path / f"recon_{name}.png").stat().st_size > 1000
 
@@ -254,6 +263,20 @@ def test_decoder_temperature_changes_the_decode_and_one_is_the_default(setup):
     assert cold.report["settings"]["temperature"] == 0.0 and cold.shapes != default.shapes
 
 
+def test_steps_and_guidance_default_to_the_bundle(setup):
+    data, bundle, _ = setup
+    pipe = LostPipeline.from_pretrained(bundle, device="cpu")
+    pipe.sampling.update(steps=2, guidance=1.0)
+    cfg = ReconConfig(ks=["all"], resolution=16, n_points=500, limit=2, fd_network="none")
+    default = evaluate_recon(pipe, data, cfg)
+    assert default.report["settings"]["steps"] == 2 and default.report["settings"]["guidance"] == 1.0
+    given = evaluate_recon(pipe, data, ReconConfig(ks=["all"], steps=2, guidance=1.0, resolution=16, n_points=500,
+                                                   limit=2, fd_network="none"))
+    assert given.shapes == default.shapes
+    pipe.sampling.update(guidance=2.0)
+    assert evaluate_recon(pipe, data, cfg).shapes != default.shapes
+
+
 def test_compare_a_second_bundle_shape_by_shape(setup, tmp_path):
     """The same bundle compared with itself: identical rows, every paired change exactly 0; the report and the
     markdown carry the comparison."""
@@ -269,8 +292,9 @@ def test_compare_a_second_bundle_shape_by_shape(setup, tmp_path):
     by_k = {r["k"]: r for r in res.rows}
     assert list(by_k) == [1, 8, "vae", "mean", "twin:1", "twin:8"]
     for k in (1, 8):
-        mine = {key: v for key, v in by_k[k].items() if not key.startswith(("k", "chamfer_change"))}
-        theirs = {key: v for key, v in by_k[f"twin:{k}"].items() if not key.startswith(("k", "chamfer_change"))}
+        paired = ("k", "chamfer_change", "chamfer_shape", "chamfer_fall")  # changes from the previous k
+        mine = {key: v for key, v in by_k[k].items() if not key.startswith(paired)}
+        theirs = {key: v for key, v in by_k[f"twin:{k}"].items() if not key.startswith(paired)}
         assert mine == theirs  # same shapes, seeds and weights
     comp = res.report["comparison"]
     assert comp["name"] == "twin" and [r["k"] for r in comp["rows"]] == [1, 8]

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DataOpt, OutOpt, RecipeOpt, ResumeOpt, SeedOpt, SetOpt, console, err_console, require_dir, resolve_config
+from .common import (DataOpt, OutOpt, RecipeOpt, ResumeOpt, SeedOpt, SetOpt, console, err_console, require_dir,
+                     require_int_range, resolve_config)
 
 app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -56,8 +57,8 @@ def recon(
     tokens: PrefixesOpt = "1,4,16,all",
     classifier_dir: ClassifierOpt = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "-t", help="Feature network for render similarity (a teacher spec, see lost teacher eval).")] = None,
-    steps: Annotated[int, typer.Option("--steps", help="Sampling steps of the decoder.")] = 25,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Sampling steps of the decoder (default: the bundle's).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (default: the bundle's).")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="Scale of the decoder's starting noise (default: the bundle's).")] = None,
     resolution: Annotated[int, typer.Option("--resolution", help="Marching-cubes grid.")] = 64,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N shapes of the split.")] = None,
@@ -84,6 +85,9 @@ def recon(
 
     if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise ConfigError(f"--temperature: must be a finite number >= 0, got {temperature}")
+    require_int_range("--steps", steps, 1)
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise ConfigError(f"--guidance: must be a finite number >= 0, got {guidance}")
     require_dir(data, "dataset")
     require_dir(model, "model bundle")
     pipe = LostPipeline.from_pretrained(model)
@@ -171,6 +175,10 @@ def row_line(row: dict) -> str:
     change = row.get("chamfer_change_ci")
     change = (f" (change {100 * row['chamfer_change']:+.3f} [{100 * change[0]:+.3f}, {100 * change[1]:+.3f}])"
               if change and None not in change and row.get("chamfer_change") is not None else "")
+    shape = row.get("chamfer_shape_change_ci")
+    if shape and None not in shape and row.get("chamfer_shape_change") is not None:
+        change += (f" (per shape {100 * row['chamfer_shape_change']:+.1f}% [{100 * shape[0]:+.1f}, "
+                   f"{100 * shape[1]:+.1f}], fell for {100 * row['chamfer_fall_share']:.0f}%)")
     return (f"k={row['k']:>5}: CD x1e-2 {_fmt(row['chamfer'], 100)}{change}  F@0.01 {_fmt(row['fscore_0.01'])}  "
             f"class acc {_fmt(row['class_acc'])}  feature sim {_fmt(row.get('feature_sim'))}  "
             f"FD {_fmt(row.get('fd'))}  failures {row['failures']}/{row['n']}")
@@ -266,7 +274,7 @@ def lift(
     from ..batch.lift import LiftSettings, discover_images, finalize_lift, lift_images
     from ..eval.lift import evaluate_lift, export_renders, write_report
     from ..image3d.pipeline import ImageTo3D
-    from .common import require_finite, require_int_range
+    from .common import require_finite
 
     require_int_range("--n", n, 2)
     require_int_range("--points", points, 100)

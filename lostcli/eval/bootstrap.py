@@ -54,6 +54,34 @@ def median_intervals(values: np.ndarray, draws: int = DRAWS, seed: int = SEED) -
     return ci, change, change_ci
 
 
+def shape_change_intervals(values: np.ndarray, draws: int = DRAWS, seed: int = SEED) -> tuple[list, list, list]:
+    """Per-shape relative changes between consecutive columns of values [n shapes, m rows] (NaN = no value).
+
+    The difference of two medians (`median_intervals`) moves with whichever shape sits at the median, so on ~70
+    shapes a change every shape shares can hide inside its interval. This pairs each shape with itself: the
+    statistic is the median over shapes of column j / column j - 1 - 1 (shapes with both values only).
+
+    Returns:
+        change: [m - 1] median per-shape relative changes (-0.01: the typical shape's value fell by 1%).
+        change_ci: [m - 1] their percentile-bootstrap intervals over the shapes.
+        fall: [m - 1] the share of shapes whose value fell.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    idx = bootstrap_indices(values.shape[0], draws, seed).numpy()
+    change, change_ci, fall = [], [], []
+    for j in range(1, values.shape[1]):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = values[:, j] / values[:, j - 1] - 1.0  # [n]; NaN where a value is missing
+        rel[~np.isfinite(rel)] = np.nan
+        with warnings.catch_warnings():  # a resample of missing values only gives NaN, dropped by `interval`
+            warnings.simplefilter("ignore", RuntimeWarning)
+            change.append(float(np.nanmedian(rel)) if np.isfinite(rel).any() else float("nan"))
+            change_ci.append(interval(np.nanmedian(rel[idx], axis=1)))
+        ok = np.isfinite(rel)
+        fall.append(float((rel[ok] < 0).mean()) if ok.any() else float("nan"))
+    return change, change_ci, fall
+
+
 def mean_change_interval(a: np.ndarray, b: np.ndarray, draws: int = DRAWS, seed: int = SEED) -> tuple[float, list[float]]:
     """mean(b) - mean(a) of paired per-item values [n] (e.g. 0/1 hits of the same prompt and seed under two
     settings), and its paired percentile-bootstrap interval over the items."""

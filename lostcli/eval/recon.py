@@ -32,7 +32,7 @@ from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.classifier import LoadedClassifier, classify_views, label_indices, shape_probabilities
 from ..persist import atomic_write_json
-from .bootstrap import DRAWS, mean_change_interval, median_intervals
+from .bootstrap import DRAWS, mean_change_interval, median_intervals, shape_change_intervals
 from .classifier import classifier_report
 from .fd import (RenderDistance, RenderFeatures, feature_network, local_inception_weights, small_sample_warning,
                  teacher_features)
@@ -45,8 +45,8 @@ REFERENCE_ROWS = ("vae", "mean")
 class ReconConfig:
     split: str = "test"  # dataset split to reconstruct; "all": every item (e.g. a folder of your own meshes)
     ks: list[int | str] = field(default_factory=lambda: [1, 4, 16, "all"])  # prefix lengths; "all" = R
-    steps: int = 25  # decoder sampling steps
-    guidance: float = 3.0  # classifier-free guidance scale
+    steps: int | None = None  # decoder sampling steps; None: the bundle's default
+    guidance: float | None = None  # classifier-free guidance scale; None: the bundle's default
     temperature: float | None = None  # decoder starting-noise scale; None: the bundle's default
     resolution: int = 64  # marching-cubes grid
     limit: int | None = None  # only the first N shapes of the split
@@ -159,19 +159,26 @@ def add_chamfer_intervals(table: list[dict], rows: dict[int | str, _Row], ks: li
     """Put bootstrap intervals in the summary rows (`eval/bootstrap.py`, over the shapes):
     `chamfer_ci` of every row's median Chamfer, and on each token row after the first `chamfer_change` =
     its median minus the previous k's, with the paired interval `chamfer_change_ci` (below 0 throughout:
-    the fall from the previous k is larger than the noise of which shapes were drawn)."""
+    the fall from the previous k is larger than the noise of which shapes were drawn); and the per-shape form
+    `chamfer_shape_change` (median over shapes of CD_k / CD_prev - 1), its interval `chamfer_shape_change_ci`
+    and `chamfer_fall_share` (the share of shapes whose Chamfer fell)."""
     names = list(rows)
     assert names[:len(ks)] == ks  # token rows first, in order: their consecutive changes are the first ones
     cd = np.array([[np.nan if m["failed"] else m["chamfer"] for m in rows[name].metrics] for name in names]).T
     if cd.size == 0:
         return
     ci, change, change_ci = median_intervals(cd)
+    shape_change, shape_ci, fall = shape_change_intervals(cd[:, :len(ks)])
     by_name = {r["k"]: r for r in table}
     for name, c in zip(names, ci):
         by_name[name]["chamfer_ci"] = [_num(v) for v in c]
     for k, d, c in zip(ks[1:], change, change_ci):  # zip stops at the last token row (no token -> "vae" change)
         by_name[k]["chamfer_change"] = _num(d)
         by_name[k]["chamfer_change_ci"] = [_num(v) for v in c]
+    for k, d, c, f in zip(ks[1:], shape_change, shape_ci, fall):
+        by_name[k]["chamfer_shape_change"] = _num(d)
+        by_name[k]["chamfer_shape_change_ci"] = [_num(v) for v in c]
+        by_name[k]["chamfer_fall_share"] = _num(f)
 
 
 def _num(x: Any) -> float | None:
@@ -325,8 +332,12 @@ def _prefix_lengths(pipe, cfg: ReconConfig, compare: tuple[str, Any] | None) -> 
 
 def _settings(pipe, cfg: ReconConfig, ks: list[int], size: int) -> dict:
     """The report's "settings": what was decoded and measured, and how."""
-    temperature = cfg.temperature if cfg.temperature is not None else pipe.sampling["temperature"]
-    return {"ks": ks, "steps": cfg.steps, "guidance": cfg.guidance, "temperature": temperature,
+    def bundle_default(value, key: str):
+        return value if value is not None else pipe.sampling[key]
+
+    return {"ks": ks, "steps": int(bundle_default(cfg.steps, "steps")),
+            "guidance": float(bundle_default(cfg.guidance, "guidance")),
+            "temperature": float(bundle_default(cfg.temperature, "temperature")),
             "resolution": cfg.resolution, "points_per_surface": cfg.n_points, "encoder_points": pipe.num_points,
             "seed": cfg.seed, "batch_size": cfg.batch_size, "render_size": size, "scheduler": pipe.sampling.get("scheduler")}
 
@@ -490,7 +501,9 @@ def render_markdown(report: dict) -> str:
     cis = [r for r in report["rows"] if r.get("chamfer_ci")]
     if cis:
         lines += ["", f"Median CD (x10^-2) with its 95% bootstrap interval over the shapes ({DRAWS} resamples), and "
-                  "on each k its paired change from the previous k (an interval wholly below 0: a real fall):", ""]
+                  "on each k its paired change from the previous k (an interval wholly below 0: a real fall), then the "
+                  "same change shape by shape (median over shapes of CD_k / CD_prev - 1, its interval, and the share "
+                  "of shapes whose Chamfer fell):", ""]
         prev = None
         for r in cis:
             lo, hi = r["chamfer_ci"]
@@ -499,6 +512,10 @@ def render_markdown(report: dict) -> str:
             if r.get("chamfer_change") is not None and dci and None not in dci:
                 text += (f"; change from k = {prev}: {100 * r['chamfer_change']:+.3f} "
                          f"[{100 * dci[0]:+.3f}, {100 * dci[1]:+.3f}]")
+            sci = r.get("chamfer_shape_change_ci")
+            if r.get("chamfer_shape_change") is not None and sci and None not in sci:
+                text += (f"; per shape {100 * r['chamfer_shape_change']:+.1f}% [{100 * sci[0]:+.1f}, "
+                         f"{100 * sci[1]:+.1f}], fell for {100 * r['chamfer_fall_share']:.0f}% of shapes")
             if isinstance(r["k"], int):
                 prev = r["k"]
             lines.append(text)

@@ -194,12 +194,14 @@ def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_
         if cfg.steps > 0:
             dec = [sample_latents(tok, tokens[i:i + cfg.batch_size], k, steps=cfg.steps, guidance=cfg.guidance,
                                   generator=torch.Generator().manual_seed(cfg.seed + i), kind=kind,
-                                  shift=float(pipeline.sampling["shift"]))
+                                  shift=float(pipeline.sampling["shift"]),
+                                  temperature=float(pipeline.sampling["temperature"]))
                    for i in range(0, len(x), cfg.batch_size)]
             row["sample_nmse"] = ((torch.cat(dec).to(device) - x) ** 2).mean().item() / var
         rows.append(row)
     report = {"rows": rows, "mean_nmse": mean_nmse, "token_cosine": pair_cos, "split": cfg.split, "probe_split": cfg.probe_split,
               "n": len(x), "n_probe": len(x_probe), "t": cfg.t, "steps": cfg.steps, "guidance": cfg.guidance,
+              "temperature": float(pipeline.sampling["temperature"]),
               "num_tokens": tok.num_registers, "model_id": pipeline.model_id, "command": command}
     if out_dir is not None:
         out = Path(out_dir)
@@ -219,8 +221,8 @@ def render_markdown(report: dict) -> str:
         f"Split `{report['split']}` ({report['n']} latents); ridge probes fitted on `{report['probe_split']}` "
         f"({report['n_probe']}). NMSE of normalised latents; predicting the {report['probe_split']} mean scores "
         f"{report['mean_nmse']:.3f}. Posterior: one decoder pass at t = {report['t']}. Samples: "
-        f"{report['steps']} steps, guidance {report['guidance']}. Mean cosine between two tokens of one shape "
-        f"(all position pairs): {report['token_cosine']:.3f}.",
+        f"{report['steps']} steps, guidance {report['guidance']}, temperature {report['temperature']:g}. Mean cosine "
+        f"between two tokens of one shape (all position pairs): {report['token_cosine']:.3f}.",
         f"Command: `{report['command']}`" if report.get("command") else "", "",
         "| k | cos(token k, token 1) | linear probe NMSE | kernel probe NMSE | decoder posterior NMSE | "
         "decoded sample NMSE |", "|---|---|---|---|---|---|"]
