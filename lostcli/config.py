@@ -55,6 +55,11 @@ class TrainConfig:
     keep_checkpoints: int = 2  # checkpoints kept on disk (oldest removed first)
     seed: int = 0  # seeds model init, data order and every random draw of the task
     num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
+    # Validation and early stopping, for tasks that define `validate()` (a score, higher is better): every
+    # `eval_every` steps (and at the last step) the EMA weights are scored; the export holds the best-scoring
+    # weights, and training stops after `patience` validations without a better score (0: never stops early).
+    eval_every: int = 0  # 0: no validation; the export is the last step's weights
+    patience: int = 0
 
 
 # ----------------------------------------------------------------------------------------------------

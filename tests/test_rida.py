@@ -311,6 +311,28 @@ def test_cli_train_and_eval(store, tmp_path):
     assert [r for r in again if r["method"] == "rida"] == [r for r in rows if r["method"] == "rida" and r["split"] == "test"]
 
 
+def test_cli_train_keeps_the_best_validated_student(store, tmp_path):
+    from lostcli.eval.retrieval import evaluate_embeddings, load_retrieval_set, student_embeddings
+
+    common = ["--recipe", REPO / "recipes" / "tiny" / "rida.yaml", "--data", store,
+              "--set", "model.overrides={width: 32, depth: 1, heads: 2, out_dim: 16}", "--set", "train.batch_size=8",
+              "--set", "train.steps=6", "--set", "train.save_every=0", "--set", "optim.warmup_steps=0",
+              "--set", "optim.lr=0.02", "--set", "train.eval_every=2", "--set", "train.patience=0"]
+    out = _run("train", *common, "--set", "val_split=test", "--out", tmp_path / "rida")
+    record = json.loads((tmp_path / "rida" / "validation.json").read_text())
+    assert [h["step"] for h in record["history"]] == [2, 4, 6] and not record["stopped_early"]
+    assert f"test mAP@3: best {record['best_score']:.4f} at step {record['best_step']}" in out
+    # the export is the best-scoring student: its mAP@3 on the held-out split is the best score, by hand
+    held = load_retrieval_set(store, "test", "test")
+    emb = student_embeddings(RidaStudent.from_pretrained(tmp_path / "rida" / "export"), held.z)
+    assert evaluate_embeddings(held.teacher, emb, ks=(3,))[3]["map"] == pytest.approx(record["best_score"])
+    assert record["best_score"] == max(h["score"] for h in record["history"])
+    with pytest.raises(DataError, match="split 'val' has 4 shapes"):  # too few held-out shapes: one line
+        CliRunner().invoke(rida_cli.app, ["train", *map(str, common), "--out", str(tmp_path / "small")],
+                           catch_exceptions=False)
+    assert not (tmp_path / "small").exists()  # refused before the run directory is made
+
+
 def test_cli_eval_several_splits(store, tmp_path):
     common = ["--recipe", REPO / "recipes" / "tiny" / "rida.yaml", "--data", store,
               "--set", "model.overrides={width: 32, depth: 1, heads: 2, out_dim: 16}", "--set", "train.batch_size=8",

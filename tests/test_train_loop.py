@@ -264,3 +264,88 @@ def test_precision_can_change_between_runs_in_one_process(tmp_path):
     assert math.isfinite(r16.final_loss)
     assert r16.losses[0] == pytest.approx(r32.losses[0], rel=0.05)  # same data and init, bf16 rounding only
     assert r16.losses[0] != r32.losses[0]  # autocast really ran
+
+
+class ScoredTask(MlpTask):
+    """MlpTask with a scripted validation score per call (higher is better) and a record of the weights it saw;
+    each validation draws random numbers, which must not change training."""
+
+    def __init__(self, scores: list[float], random: bool = False) -> None:
+        super().__init__(random)
+        self.scores, self.seen = list(scores), []
+
+    def validate(self) -> float:
+        assert not self.training  # scored in eval mode
+        torch.randn(3)  # a draw inside validation: the loop must leave training's RNG as it was
+        self.seen.append({k: v.detach().clone() for k, v in self.net.state_dict().items()})
+        return self.scores[len(self.seen) - 1]
+
+
+def make_scored(scores: list[float], seed: int = 0) -> ScoredTask:
+    seed_everything(seed)
+    return ScoredTask(scores, random=True)
+
+
+def test_validation_exports_the_best_weights_and_stops_after_patience(tmp_path):
+    ds = RegressionSet(40)
+    scores = [0.1, 0.5, 0.4, 0.3, 0.45, 0.2, 0.9]  # best at the 2nd validation (step 6); the 7th never comes
+    task = make_scored(scores)
+    res = train(task, ds, tcfg(steps=21, eval_every=3, patience=3, save_every=0), ocfg(), tmp_path / "a",
+                progress=False)
+    assert len(task.seen) == 5 and res.steps == 15  # 3 validations after the best without a better one
+    record = json.loads((tmp_path / "a" / "validation.json").read_text())
+    assert record["best_step"] == 6 and record["best_score"] == 0.5 and record["stopped_early"] is True
+    assert [h["step"] for h in record["history"]] == [3, 6, 9, 12, 15]
+    exported = load_file(str(tmp_path / "a" / "export" / "model.safetensors"))
+    for k, v in task.seen[1].items():
+        assert torch.equal(exported[k], v), k  # the weights of step 6, not step 15
+    assert not torch.equal(exported["0.weight"], task.seen[-1]["0.weight"])
+    assert [s for s, _ in st.list_checkpoints(tmp_path / "a")] == [15]  # the stop is saved: resume ends at once
+
+    # validation does not disturb training: the first 15 steps equal a run without it (dropout + noise draws)
+    plain = make_task(random=True)
+    train(plain, ds, tcfg(steps=15), ocfg(), tmp_path / "plain", progress=False)
+    assert torch.equal(params_of(plain)["net.0.weight"], params_of(task)["net.0.weight"])
+
+    # a resumed stopped run trains nothing and keeps the best export
+    again = make_scored(scores, seed=5)
+    res = train(again, ds, tcfg(steps=21, eval_every=3, patience=3), ocfg(), tmp_path / "a", resume=True,
+                progress=False)
+    assert res.steps == 15 and again.seen == [] and json.loads((tmp_path / "a" / "validation.json").read_text()) == record
+
+    # patience 0: every step runs; the best of all validations (the last step's included) is exported
+    full = make_scored(scores)
+    res = train(full, ds, tcfg(steps=21, eval_every=3), ocfg(), tmp_path / "b", progress=False)
+    assert res.steps == 21 and len(full.seen) == 7
+    assert json.loads((tmp_path / "b" / "validation.json").read_text())["best_step"] == 21
+
+
+def test_validation_resumes_exactly_after_a_kill(tmp_path):
+    ds = RegressionSet(40)
+    scores = [0.1, 0.5, 0.4, 0.6, 0.3, 0.2, 0.1]
+    cfg = tcfg(steps=21, eval_every=3, patience=2, save_every=4, ema_decay=0.9)
+    whole = make_scored(scores)
+    train(whole, ds, cfg, ocfg(), tmp_path / "a", progress=False)
+    part = kill_before_step(make_scored(scores), 11)  # dies after step 11: validations at 3, 6, 9 were written
+    with pytest.raises(Killed):
+        train(part, ds, cfg, ocfg(), tmp_path / "b", progress=False)
+    assert [h["step"] for h in json.loads((tmp_path / "b" / "validation.json").read_text())["history"]] == [3, 6, 9]
+    resumed = make_scored(scores[2:], seed=7)  # from the step-8 checkpoint: validations 9, 12, ... replayed
+    res = train(resumed, ds, cfg, ocfg(), tmp_path / "b", resume=True, progress=False)
+    a, b = (json.loads((tmp_path / d / "validation.json").read_text()) for d in "ab")
+    assert a == b and a["best_step"] == 12 and a["stopped_early"] and res.steps == 18
+    ea, eb = (load_file(str(tmp_path / d / "export" / "model.safetensors")) for d in "ab")
+    for k in ea:
+        assert torch.equal(ea[k], eb[k]), k
+
+
+def test_validation_settings_are_checked(tmp_path):
+    for bad in (dict(eval_every=-1), dict(patience=-2)):
+        with pytest.raises(ConfigError, match=f"train.{next(iter(bad))}"):
+            train(make_task(), RegressionSet(), tcfg(**bad), ocfg(), tmp_path / "x", progress=False)
+    # a task without `validate` ignores eval_every: the export is the last step's weights, no validation.json
+    task = make_task()
+    train(task, RegressionSet(), tcfg(steps=4, eval_every=2, patience=1), ocfg(), tmp_path / "y", progress=False)
+    assert not (tmp_path / "y" / "validation.json").exists()
+    assert torch.equal(load_file(str(tmp_path / "y" / "export" / "model.safetensors"))["0.weight"],
+                       params_of(task)["net.0.weight"])

@@ -30,14 +30,25 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOpt = N
     check_loss_config(cfg.rida)
     require_dir(data, "dataset")
     dataset = RidaDataset(data, split=cfg.split)
+    val = None
+    if cfg.train.eval_every > 0:  # early stopping on the held-out split
+        from ..eval.retrieval import load_retrieval_set
+
+        val = load_retrieval_set(Path(data), cfg.val_split, cfg.val_split)
     start_run(out, cfg)
     seed_everything(cfg.train.seed)
     student = build_student_for(cfg, dataset)
-    task = RidaTask(student, cfg.rida, run_config=to_dict(cfg), teacher=dataset.teacher_info())
+    task = RidaTask(student, cfg.rida, run_config=to_dict(cfg), teacher=dataset.teacher_info(), val=val)
     result = run_train(task, dataset, cfg.train, cfg.optim, out, resume=resume, run_config=to_dict(cfg))
     console.print(f"trained {cfg.rida.objective} student ({student.num_params() / 1e6:.2f}M params) on "
                   f"{len(dataset)} shapes: {result.steps} steps, final loss {result.final_loss:.4f} "
                   f"({result.seconds:.0f} s); export: {result.export_dir}")
+    if val is not None:
+        import json
+
+        record = json.loads((Path(out) / "validation.json").read_text())
+        console.print(f"{cfg.val_split} mAP@3: best {record['best_score']:.4f} at step {record['best_step']} "
+                      f"(the export){'; stopped early' if record['stopped_early'] else ''}")
 
 
 @app.command("eval")

@@ -58,6 +58,10 @@ class Task(nn.Module):
     - Random draws (noise, dropout, masks) use torch's global RNG, which checkpoints restore exactly.
     - Optional `export(self, out_dir: Path) -> None`: write the trained model as an HF-style folder
       (config.json + model.safetensors). Called once at the end, on the main process, with EMA weights.
+    - Optional `validate(self) -> float`: a score of the current weights on held-out data, higher is better
+      (e.g. val mAP). With `train.eval_every` > 0 the loop calls it on the main process with the EMA weights in
+      eval mode (its random draws leave training's untouched), keeps the best-scoring weights as the export and
+      stops after `train.patience` validations without a better score; `validation.json` records each score.
     - Optional `find_unused_parameters: bool` class attribute (default True) for DDP: set False when
       every trainable parameter gets a gradient on every step (saves a graph walk per step).
     """
@@ -140,6 +144,7 @@ def train(
     # -- model, optimizer, schedule, EMA, then the checkpoint's state --------------------------------
     set_seed(cfg.seed, device_specific=True)  # training draws: seed + process index
     run = _prepare(accelerator, task, cfg, optim_cfg, out_dir)
+    run.run_config = run_config
     start_step, last_loss = _load_checkpoint(run, ckpt)
 
     # -- data ------------------------------------------------------------------------------------
@@ -149,13 +154,21 @@ def train(
                       run_config)
     accelerator.wait_for_everyone()
 
-    # -- train, then export ----------------------------------------------------------------------
+    # -- train, then export (with validation: the best weights were exported as they were found) ----
+    run.validation = Validation.open(out_dir, cfg, task, start_step) if accelerator.is_main_process else None
+    finished = start_step >= cfg.steps or (run.validation is not None and run.validation.exhausted())
     if start_step >= cfg.steps:
         log.info("%s: already at step %d of %d; only re-exporting", out_dir, start_step, cfg.steps)
-    losses, last_loss = _run_steps(run, loader, schedule, start_step, last_loss, progress, t_start)
-    export_dir = _export(accelerator, task, run.params, run.ema, out_dir, run_config)
+    losses, last_loss, end_step = _run_steps(run, loader, schedule, start_step, last_loss, progress, t_start,
+                                             finished=_agree(accelerator, finished))
+    exported_best = run.validation is not None and run.validation.found_best() and (out_dir / EXPORT_DIR).is_dir()
+    if _agree(accelerator, exported_best):
+        accelerator.wait_for_everyone()
+        export_dir = out_dir / EXPORT_DIR if getattr(task, "export", None) is not None else None
+    else:
+        export_dir = _export(accelerator, task, run.params, run.ema, out_dir, run_config)
     return TrainResult(
-        steps=max(start_step, cfg.steps),
+        steps=max(start_step, end_step),
         final_loss=last_loss,
         losses=losses,
         export_dir=export_dir,
@@ -177,11 +190,14 @@ class _Run:
     cfg: TrainConfig
     grad_clip: float  # max gradient norm (math.inf: no clipping)
     out_dir: Path
+    validation: Validation | None = None  # main process, when the task validates and train.eval_every > 0
+    run_config: dict | None = None  # stored beside each export
 
 
 def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_step: int, last_loss: float,
-               progress: bool, t_start: float) -> tuple[list[float], float]:
-    """Optimizer steps start_step..cfg.steps-1: log, checkpoint; (loss per logged step, last logged loss)."""
+               progress: bool, t_start: float, finished: bool = False) -> tuple[list[float], float, int]:
+    """Optimizer steps start_step..cfg.steps-1: log, validate, checkpoint; (loss per logged step, last logged
+    loss, the step training ended at: cfg.steps, or earlier when validation stopped it)."""
     cfg, accelerator = run.cfg, run.accelerator
     main = accelerator.is_main_process
     hook = getattr(run.task, "on_step_start", None)
@@ -195,7 +211,9 @@ def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_s
         threads = ThreadShare()
         data = iter(loader)
         run.model.train()
-        for step in range(start_step, cfg.steps):
+        validates = cfg.eval_every > 0 and callable(getattr(run.task, "validate", None))
+        end_step = start_step if finished else cfg.steps
+        for step in range(start_step, end_step):
             threads.poll()
             if hook is not None:
                 hook(step, schedule.epoch_of(step))
@@ -214,9 +232,108 @@ def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_s
                 if main:
                     _log_row(run.out_dir, row, tb)
                 bar.set_loss(last_loss)
-            if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.steps:
+            stop = False
+            if validates and (done % cfg.eval_every == 0 or done == cfg.steps):
+                stop = _agree(accelerator, _validate_now(run, done) if main else False)
+            if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == cfg.steps or stop:
                 _save_checkpoint(accelerator, run.out_dir, done, schedule, last_loss, cfg.keep_checkpoints)
-    return losses, last_loss
+            if stop:
+                end_step = done
+                break
+    return losses, last_loss, end_step
+
+
+def _agree(accelerator: Accelerator, flag: bool) -> bool:
+    """The main process's `flag` on every process (a collective when several run)."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([float(flag)], device=accelerator.device), from_process=0).item())
+
+
+def _validate_now(run: _Run, step: int) -> bool:
+    """Main process: score the EMA weights; export them when they beat every earlier score; True when
+    `train.patience` validations in a row have not beaten the best."""
+    task, params, ema = run.task, run.params, run.ema
+    was_training = task.training
+    task.eval()
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        device = run.accelerator.device
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():  # training's random draws stay as they were
+            score = float(task.validate())
+    finally:
+        if ema is not None:
+            ema.restore(params)
+        task.train(was_training)
+    val = run.validation
+    if val.add(step, score):
+        _export_main(task, params, ema, run.out_dir, run.run_config)
+    val.save()
+    log.info("%s: step %d validation score %.4f (best %.4f at step %d)", run.out_dir, step, score, val.best_score,
+             val.best_step)
+    return val.exhausted()
+
+
+@dataclass
+class Validation:
+    """Validation scores of a run (`validation.json`): every (step, score), the best, and whether patience ran
+    out. A resumed run keeps the scores up to its checkpoint's step and replays the rest exactly."""
+
+    path: Path
+    patience: int
+    history: list[dict] = field(default_factory=list)  # [{"step", "score"}] in step order
+
+    @classmethod
+    def open(cls, out_dir: Path, cfg: TrainConfig, task: nn.Module, start_step: int) -> Validation | None:
+        if cfg.eval_every <= 0 or not callable(getattr(task, "validate", None)):
+            return None
+        path = Path(out_dir) / "validation.json"
+        history = []
+        if start_step > 0 and path.is_file():
+            history = [h for h in json.loads(path.read_text())["history"] if h["step"] <= start_step]
+        return cls(path, cfg.patience, history)
+
+    @property
+    def best(self) -> dict | None:
+        finite = [h for h in self.history if math.isfinite(h["score"])]
+        return max(finite, key=lambda h: h["score"]) if finite else None  # the first of equal scores
+
+    @property
+    def best_score(self) -> float:
+        return self.best["score"] if self.best is not None else float("nan")
+
+    @property
+    def best_step(self) -> int:
+        return self.best["step"] if self.best is not None else 0
+
+    def add(self, step: int, score: float) -> bool:
+        """Record a score; True when it beats every earlier one (NaN never does)."""
+        before = self.best_score if self.best is not None else -math.inf
+        self.history.append({"step": int(step), "score": score})
+        return math.isfinite(score) and not score <= before
+
+    def found_best(self) -> bool:
+        """A finite best score, whose weights were exported when it was found."""
+        return bool(self.history) and math.isfinite(self.best_score)
+
+    def exhausted(self) -> bool:
+        """`patience` validations after the best one, none of them better."""
+        if self.patience <= 0 or self.best is None:
+            return False
+        best_at = self.history.index(self.best)
+        return len(self.history) - 1 - best_at >= self.patience
+
+    def save(self) -> None:
+        body = {"best_step": self.best_step, "best_score": self.best_score, "patience": self.patience,
+                "stopped_early": self.exhausted(), "history": self.history}
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(body, indent=2) + "\n")
+        os.replace(tmp, self.path)
 
 
 class ThreadShare:
@@ -298,6 +415,8 @@ def _validate(train_cfg: TrainConfig, optim_cfg: OptimConfig) -> None:
         ("train.save_every", t.save_every >= 0, "must be >= 0"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be >= 1"),
         ("train.num_workers", t.num_workers >= 0, "must be >= 0"),
+        ("train.eval_every", t.eval_every >= 0, "must be >= 0 (0: no validation)"),
+        ("train.patience", t.patience >= 0, "must be >= 0 (0: never stop early)"),
         ("optim.lr", o.lr > 0, "must be > 0"),
         ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
         ("optim.betas", len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas),
@@ -506,26 +625,34 @@ def _export(accelerator: Accelerator, task: nn.Module, params: list[torch.nn.Par
             ema: EMAModel | None, out_dir: Path, run_config: dict | None) -> Path | None:
     """Main process: EMA weights in, `task.export(out_dir/export)` (written to a temp dir, then swapped), restore."""
     export = getattr(task, "export", None)
-    final = out_dir / EXPORT_DIR
     accelerator.wait_for_everyone()
     if export is not None and accelerator.is_main_process:
-        was_training = task.training
-        task.eval()
-        if ema is not None:
-            ema.store(params)
-            ema.copy_to(params)
-        try:
-            with atomic_dir(final) as tmp:
-                tmp.mkdir(parents=True)
-                export(tmp)
-                if run_config is not None:
-                    (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-        finally:
-            if ema is not None:
-                ema.restore(params)
-            task.train(was_training)
+        _export_main(task, params, ema, out_dir, run_config)
     accelerator.wait_for_everyone()
-    return final if export is not None else None
+    return out_dir / EXPORT_DIR if export is not None else None
+
+
+def _export_main(task: nn.Module, params: list[torch.nn.Parameter], ema: EMAModel | None, out_dir: Path,
+                 run_config: dict | None) -> None:
+    """`_export` on the calling process alone (no collective); nothing when the task cannot export."""
+    export = getattr(task, "export", None)
+    if export is None:
+        return
+    was_training = task.training
+    task.eval()
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        with atomic_dir(out_dir / EXPORT_DIR) as tmp:
+            tmp.mkdir(parents=True)
+            export(tmp)
+            if run_config is not None:
+                (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    finally:
+        if ema is not None:
+            ema.restore(params)
+        task.train(was_training)
 
 
 def _warn_if_layout_changed(saved: dict, schedule: st.DataSchedule) -> None:

@@ -39,10 +39,12 @@ from ..config import OptimConfig, TrainConfig
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.rida import RidaStudent, build_student, pool_grid, view_grids
+from ..eval.retrieval import RetrievalSet, evaluate_embeddings, student_embeddings
 from .loop import Task
 
 LATENTS, FEATURES = "latents", "features"
 OBJECTIVES = ("rida", "regression")
+VAL_K = 3  # validation metric: mAP@3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,6 +80,9 @@ class RidaRunConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, weight_decay=0.05, warmup_steps=20))
     train: TrainConfig = field(default_factory=TrainConfig)
     split: str = "train"  # dataset split to train on
+    # held-out split scored every train.eval_every steps: mAP@3 of the student's neighbours against the teacher's
+    # (the retrieval table's metric); the export is the best-scoring weights (early stopping on val)
+    val_split: str = "val"
 
 
 def check_loss_config(cfg: RidaLossConfig) -> None:
@@ -303,13 +308,22 @@ class RidaTask(Task):
     """Trains the student on (latent, teacher features) batches with the RIDA or the regression objective."""
 
     def __init__(self, student: RidaStudent, loss: RidaLossConfig, run_config: dict | None = None,
-                 teacher: dict | None = None) -> None:
+                 teacher: dict | None = None, val: RetrievalSet | None = None) -> None:
         super().__init__()
         check_loss_config(loss)
         self.student = student
         self.cfg = loss
         self.run_config = run_config or {}
         self.teacher = teacher or {}
+        self.val = val  # held-out latents + teacher globals for `validate` (train.eval_every > 0)
+
+    def validate(self) -> float:
+        """mAP@3 on the held-out set: the student's 3 nearest other shapes against the teacher's 3 (`lost rida
+        eval`'s metric), from the current weights."""
+        if self.val is None:
+            raise ConfigError("train.eval_every: validating the RIDA student needs a held-out set (RidaTask(val=...))")
+        emb = student_embeddings(self.student, self.val.z)
+        return evaluate_embeddings(self.val.teacher, emb, ks=(VAL_K,))[VAL_K]["map"]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z = self.student.normalize(batch["z"])  # [B, C, H, W]
