@@ -327,9 +327,9 @@ def test_cli_train_keeps_the_best_validated_student(store, tmp_path):
     emb = student_embeddings(RidaStudent.from_pretrained(tmp_path / "rida" / "export"), held.z)
     assert evaluate_embeddings(held.teacher, emb, ks=(3,))[3]["map"] == pytest.approx(record["best_score"])
     assert record["best_score"] == max(h["score"] for h in record["history"])
-    with pytest.raises(DataError, match="split 'val' has 4 shapes"):  # too few held-out shapes: one line
-        CliRunner().invoke(rida_cli.app, ["train", *map(str, common), "--out", str(tmp_path / "small")],
-                           catch_exceptions=False)
+    with pytest.raises(DataError, match="unknown split 'nope'"):  # no held-out split: one line
+        CliRunner().invoke(rida_cli.app, ["train", *map(str, common), "--set", "val_split=nope", "--out",
+                                          str(tmp_path / "small")], catch_exceptions=False)
     assert not (tmp_path / "small").exists()  # refused before the run directory is made
 
 
@@ -362,3 +362,5 @@ def test_recipes_load():
         cfg = load_config(RidaRunConfig, REPO / "recipes" / name / "rida.yaml")
         assert cfg.rida.w_global == 1.0 and cfg.rida.w_rank == 1.0 and cfg.rida.w_spatial == 0.5
         assert cfg.model.preset == f"rida_{name}"
+    tiny = load_config(RidaRunConfig, REPO / "recipes" / "tiny" / "rida.yaml")
+    assert (tiny.train.eval_every, tiny.train.patience, tiny.val_split) == (25, 0, "val")  # best-on-val export

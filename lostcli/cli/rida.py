@@ -33,8 +33,9 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOpt = N
     val = None
     if cfg.train.eval_every > 0:  # early stopping on the held-out split
         from ..eval.retrieval import load_retrieval_set
+        from ..train.rida import VAL_K
 
-        val = load_retrieval_set(Path(data), cfg.val_split, cfg.val_split)
+        val = load_retrieval_set(Path(data), cfg.val_split, cfg.val_split, top_k=VAL_K)
     start_run(out, cfg)
     seed_everything(cfg.train.seed)
     student = build_student_for(cfg, dataset)

@@ -98,17 +98,18 @@ class RetrievalSet:
     latent_stats: dict  # the dataset's latents/stats.json
 
 
-def load_retrieval_set(root: Path, split: str | None, name: str) -> RetrievalSet:
-    """Latents and teacher globals of `split` (None: every item, e.g. an out-of-distribution folder)."""
+def load_retrieval_set(root: Path, split: str | None, name: str, top_k: int = max(KS)) -> RetrievalSet:
+    """Latents and teacher globals of `split` (None: every item, e.g. an out-of-distribution folder), which must
+    hold more than `top_k` shapes (the largest K it will be scored at)."""
     store = DatasetStore(Path(root))
     for table in (LATENTS, FEATURES):
         if not store.has_table(table):
             raise DataError(f"{root}: no '{table}' table (run lost dataset {table} first)")
     have = set(store.ids(split=split, table=FEATURES))
     ids = [i for i in store.ids(split=split, table=LATENTS) if i in have]
-    if len(ids) <= max(KS):
+    if len(ids) <= top_k:
         raise DataError(f"{root}: split {split or 'all'!r} has {len(ids)} shapes with latents and features; "
-                        f"retrieval@{max(KS)} needs more than {max(KS)}")
+                        f"retrieval@{top_k} needs more than {top_k}")
     z = np.stack([store.load(i, keys=["z"], table=LATENTS)["z"] for i in ids]).astype(np.float32)
     t = np.stack([store.load(i, keys=["global"], table=FEATURES)["global"] for i in ids]).astype(np.float32)
     return RetrievalSet(name, Path(root), ids, torch.from_numpy(z), torch.from_numpy(t), store.read_stats(LATENTS))
