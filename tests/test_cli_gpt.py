@@ -66,7 +66,7 @@ def test_train_writes_the_run(work, trained):
     assert meta["class"] == "LoSTGPT" and meta["config"]["num_tokens"] == 6 and meta["config"]["token_dim"] == 32
     assert meta["config"]["cond_dim"] == TEXT["embed_dim"]  # forced from the text encoder
     assert meta["tokens"] == {"model_id": bundle_id, "bundle": str(work / "bundle")}
-    assert meta["sampling"] == {"num_tokens": 6, "guidance": 2.5, "guidance_schedule": "constant",
+    assert meta["sampling"] == {"num_tokens": 6, "guidance": 2.5, "guidance_schedule": "linear",
                                 "temperature": 1.0, "sample_steps": 25}
     assert meta["text_encoder"]["kind"] == "builtin"
     assert meta["text_encoder"]["spec"] == str((work / "teacher" / "export").resolve())
@@ -93,7 +93,7 @@ def test_export_adds_gpt_and_text_encoder_and_keeps_the_rest(work, trained, tmp_
     assert meta["components"] == {"vae": "vae", "tokenizer": "tokenizer", "gpt": "gpt", "text_encoder": "text_encoder"}
     g = meta["gpt"]
     assert (g["num_tokens"], g["token_dim"], g["cond_dim"], g["guidance"], g["temperature"]) == (6, 32, 16, 2.5, 1.0)
-    assert g["model_id"] == meta["model_id"] and g["guidance_schedule"] == "constant" and g["sample_steps"] == 25
+    assert g["model_id"] == meta["model_id"] and g["guidance_schedule"] == "linear" and g["sample_steps"] == 25
     assert "gpt 6 tokens x 32" in out and "components vae, tokenizer, gpt, text_encoder" in out
     after = _digests(bundle)
     assert all(after[k] == v for k, v in before.items())  # vae/ and tokenizer/ untouched

@@ -30,16 +30,20 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, sets: SetOpt = N
     check_loss_config(cfg.rida)
     require_dir(data, "dataset")
     dataset = RidaDataset(data, split=cfg.split)
-    val = None
-    if cfg.train.eval_every > 0:  # early stopping on the held-out split
-        from ..eval.retrieval import load_retrieval_set
+    val, score = None, None
+    if cfg.train.eval_every > 0:  # early stopping on the held-out split, scored as `lost rida eval` scores
+        from ..eval.retrieval import evaluate_embeddings, load_retrieval_set, student_embeddings
         from ..train.rida import VAL_K
 
         val = load_retrieval_set(Path(data), cfg.val_split, cfg.val_split, top_k=VAL_K)
+
+        def score(student) -> float:
+            emb = student_embeddings(student, val.z)
+            return evaluate_embeddings(val.teacher, emb, ks=(VAL_K,))[VAL_K]["map"]
     start_run(out, cfg)
     seed_everything(cfg.train.seed)
     student = build_student_for(cfg, dataset)
-    task = RidaTask(student, cfg.rida, run_config=to_dict(cfg), teacher=dataset.teacher_info(), val=val)
+    task = RidaTask(student, cfg.rida, run_config=to_dict(cfg), teacher=dataset.teacher_info(), val_score=score)
     result = run_train(task, dataset, cfg.train, cfg.optim, out, resume=resume, run_config=to_dict(cfg))
     console.print(f"trained {cfg.rida.objective} student ({student.num_params() / 1e6:.2f}M params) on "
                   f"{len(dataset)} shapes: {result.steps} steps, final loss {result.final_loss:.4f} "

@@ -26,6 +26,7 @@ patch tokens), targets L2-normalised per vector as the relational losses see the
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,11 @@ from ..config import OptimConfig, TrainConfig
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.rida import RidaStudent, build_student, pool_grid, view_grids
-from ..eval.retrieval import RetrievalSet, evaluate_embeddings, student_embeddings
 from .loop import Task
 
 LATENTS, FEATURES = "latents", "features"
 OBJECTIVES = ("rida", "regression")
-VAL_K = 3  # validation metric: mAP@3
+VAL_K = 3  # validation metric: mAP@3 (`lost rida train` scores it with the retrieval table's code)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -308,22 +308,22 @@ class RidaTask(Task):
     """Trains the student on (latent, teacher features) batches with the RIDA or the regression objective."""
 
     def __init__(self, student: RidaStudent, loss: RidaLossConfig, run_config: dict | None = None,
-                 teacher: dict | None = None, val: RetrievalSet | None = None) -> None:
+                 teacher: dict | None = None, val_score: Callable[[RidaStudent], float] | None = None) -> None:
         super().__init__()
         check_loss_config(loss)
         self.student = student
         self.cfg = loss
         self.run_config = run_config or {}
         self.teacher = teacher or {}
-        self.val = val  # held-out latents + teacher globals for `validate` (train.eval_every > 0)
+        self.val_score = val_score  # the student -> its held-out score, higher is better (train.eval_every > 0)
 
     def validate(self) -> float:
-        """mAP@3 on the held-out set: the student's 3 nearest other shapes against the teacher's 3 (`lost rida
-        eval`'s metric), from the current weights."""
-        if self.val is None:
-            raise ConfigError("train.eval_every: validating the RIDA student needs a held-out set (RidaTask(val=...))")
-        emb = student_embeddings(self.student, self.val.z)
-        return evaluate_embeddings(self.val.teacher, emb, ks=(VAL_K,))[VAL_K]["map"]
+        """The held-out score of the current weights (`lost rida train`: val mAP@3 against the teacher's
+        neighbours, the retrieval table's metric)."""
+        if self.val_score is None:
+            raise ConfigError("train.eval_every: validating the RIDA student needs a held-out score "
+                              "(RidaTask(val_score=...))")
+        return float(self.val_score(self.student))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z = self.student.normalize(batch["z"])  # [B, C, H, W]
