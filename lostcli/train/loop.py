@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -256,20 +256,10 @@ def _validate_now(run: _Run, step: int) -> bool:
     """Main process: score the EMA weights; export them when they beat every earlier score; True when
     `train.patience` validations in a row have not beaten the best."""
     task, params, ema = run.task, run.params, run.ema
-    was_training = task.training
-    task.eval()
-    if ema is not None:
-        ema.store(params)
-        ema.copy_to(params)
-    try:
-        device = run.accelerator.device
-        cuda = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), torch.no_grad():  # training's random draws stay as they were
-            score = float(task.validate())
-    finally:
-        if ema is not None:
-            ema.restore(params)
-        task.train(was_training)
+    device = run.accelerator.device
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with _ema_weights(task, params, ema), torch.random.fork_rng(devices=cuda), torch.no_grad():
+        score = float(task.validate())  # under fork_rng: training's random draws stay as they were
     val = run.validation
     if val.add(step, score):
         _export_main(task, params, ema, run.out_dir, run.run_config)
@@ -638,17 +628,23 @@ def _export_main(task: nn.Module, params: list[torch.nn.Parameter], ema: EMAMode
     export = getattr(task, "export", None)
     if export is None:
         return
+    with _ema_weights(task, params, ema), atomic_dir(out_dir / EXPORT_DIR) as tmp:
+        tmp.mkdir(parents=True)
+        export(tmp)
+        if run_config is not None:
+            (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+
+
+@contextmanager
+def _ema_weights(task: nn.Module, params: list[torch.nn.Parameter], ema: EMAModel | None):
+    """The task in eval mode with its EMA weights (when there is an EMA); training weights and mode restored after."""
     was_training = task.training
     task.eval()
     if ema is not None:
         ema.store(params)
         ema.copy_to(params)
     try:
-        with atomic_dir(out_dir / EXPORT_DIR) as tmp:
-            tmp.mkdir(parents=True)
-            export(tmp)
-            if run_config is not None:
-                (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        yield
     finally:
         if ema is not None:
             ema.restore(params)
