@@ -73,6 +73,12 @@ def require_finite(option: str, value: float) -> None:
         raise ConfigError(f"{option} {value}: must be a finite number")
 
 
+def require_nonnegative(option: str, value: Optional[float]) -> None:
+    """`value` (None: not given) must be a finite number >= 0."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{option}: must be a finite number >= 0, got {value}")
+
+
 def require_choice(option: str, value: Optional[str], choices: Iterable[str]) -> None:
     """`value` (None: not given) must be one of `choices`."""
     choices = list(choices)

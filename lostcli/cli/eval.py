@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import (DataOpt, OutOpt, RecipeOpt, ResumeOpt, SeedOpt, SetOpt, console, err_console, require_dir,
-                     require_int_range, resolve_config)
+                     require_int_range, require_nonnegative, resolve_config)
 
 app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -83,11 +82,9 @@ def recon(
     from ..pipeline import LostPipeline
     from .common import ProgressBar
 
-    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
-        raise ConfigError(f"--temperature: must be a finite number >= 0, got {temperature}")
+    require_nonnegative("--temperature", temperature)
     require_int_range("--steps", steps, 1)
-    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
-        raise ConfigError(f"--guidance: must be a finite number >= 0, got {guidance}")
+    require_nonnegative("--guidance", guidance)
     require_dir(data, "dataset")
     require_dir(model, "model bundle")
     pipe = LostPipeline.from_pretrained(model)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import THREADS_FILE_ENV, OptimConfig, TrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
-from ..persist import atomic_dir
+from ..persist import atomic_dir, atomic_write_json
 from . import state as st
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,9 @@ def train(
         log.info("%s: already at step %d of %d; only re-exporting", out_dir, start_step, cfg.steps)
     losses, last_loss, end_step = _run_steps(run, loader, schedule, start_step, last_loss, progress, t_start,
                                              finished=_agree(accelerator, finished))
-    exported_best = run.validation is not None and run.validation.found_best() and (out_dir / EXPORT_DIR).is_dir()
+    # a finite best score had its weights exported when it was found
+    val = run.validation
+    exported_best = val is not None and val.best is not None and (out_dir / EXPORT_DIR).is_dir()
     if _agree(accelerator, exported_best):
         accelerator.wait_for_everyone()
         export_dir = out_dir / EXPORT_DIR if getattr(task, "export", None) is not None else None
@@ -211,7 +213,7 @@ def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_s
         threads = ThreadShare()
         data = iter(loader)
         run.model.train()
-        validates = cfg.eval_every > 0 and callable(getattr(run.task, "validate", None))
+        validates = _validates(cfg, run.task)
         end_step = start_step if finished else cfg.steps
         for step in range(start_step, end_step):
             threads.poll()
@@ -241,6 +243,11 @@ def _run_steps(run: _Run, loader: DataLoader, schedule: st.DataSchedule, start_s
                 end_step = done
                 break
     return losses, last_loss, end_step
+
+
+def _validates(cfg: TrainConfig, task: nn.Module) -> bool:
+    """Whether this run scores held-out data: `train.eval_every` > 0 and the task defines `validate`."""
+    return cfg.eval_every > 0 and callable(getattr(task, "validate", None))
 
 
 def _agree(accelerator: Accelerator, flag: bool) -> bool:
@@ -280,7 +287,7 @@ class Validation:
 
     @classmethod
     def open(cls, out_dir: Path, cfg: TrainConfig, task: nn.Module, start_step: int) -> Validation | None:
-        if cfg.eval_every <= 0 or not callable(getattr(task, "validate", None)):
+        if not _validates(cfg, task):
             return None
         path = Path(out_dir) / "validation.json"
         history = []
@@ -307,10 +314,6 @@ class Validation:
         self.history.append({"step": int(step), "score": score})
         return math.isfinite(score) and not score <= before
 
-    def found_best(self) -> bool:
-        """A finite best score, whose weights were exported when it was found."""
-        return bool(self.history) and math.isfinite(self.best_score)
-
     def exhausted(self) -> bool:
         """`patience` validations after the best one, none of them better."""
         if self.patience <= 0 or self.best is None:
@@ -321,9 +324,7 @@ class Validation:
     def save(self) -> None:
         body = {"best_step": self.best_step, "best_score": self.best_score, "patience": self.patience,
                 "stopped_early": self.exhausted(), "history": self.history}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, body)
 
 
 class ThreadShare:
