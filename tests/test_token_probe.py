@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lostcli.data.store import ShardWriter
-from lostcli.eval.token_probe import (TokenProbeConfig, evaluate_token_probe, kernel_probe_nmse, probe_nmse,
-                                      token_cosines)
+from lostcli.eval.token_probe import (TokenProbeConfig, evaluate_token_probe, kernel_probe_nmse, pca_nmse,
+                                      principal_axes, probe_nmse, token_cosines)
 from lostcli.latent.direct3d import TriplaneVAE
 from lostcli.models.lost import build_tokenizer
 from lostcli.bundle import export_bundle
@@ -68,6 +68,22 @@ def test_kernel_probe_falls_only_when_later_tokens_add_information(copy):
     assert k2 < lin2  # the non-linear probe reads more than the linear one
 
 
+def test_pca_yardstick_by_hand():
+    """Latents with variance 9, 4 and 1 along three orthogonal directions: n components leave the rest."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))[0][:, :3].T  # [3, 5] orthonormal
+    scale = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    x = (torch.randn(4000, 3, generator=g, dtype=torch.float64) * scale) @ basis  # [N, 5]
+    tr, ev = x[:3000], x[3000:]
+    mean, axes = principal_axes(tr)
+    var = ev.var(dim=0, unbiased=False).mean().item()
+    total = (ev - mean).pow(2).mean().item() / var
+    errs = [pca_nmse(mean, axes, ev, n, var) for n in (0, 1, 2, 3)]
+    assert errs[0] == pytest.approx(total)
+    assert [e / errs[0] for e in errs] == pytest.approx([1.0, 5 / 14, 1 / 14, 0.0], abs=0.02)
+    assert pca_nmse(mean, axes, ev, 9, var) == pytest.approx(0.0, abs=1e-12)  # more than rank: everything
+
+
 def test_token_cosines_by_hand():
     t = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
                       [[1.0, 1.0], [-1.0, -1.0], [1.0, 0.0]]])  # [2 shapes, 3 tokens, 2]
@@ -111,6 +127,8 @@ def test_report_rows_and_the_blind_decoder(setup, tmp_path):
     for r in rep["rows"]:
         assert r["posterior_nmse"] == pytest.approx(expect, rel=1e-4)
         assert np.isfinite(r["sample_nmse"]) and r["probe_nmse"] > 0
+    ranked = [r["pca_nmse"] for r in rep["rows"]]  # k * token_dim components: never worse with more
+    assert all(b <= a + 1e-9 for a, b in zip(ranked, ranked[1:])) and 0 < ranked[-1] <= rep["mean_nmse"]
     assert rep["mean_nmse"] > 1.0  # the train mean misses the val latents by more than their own variance
     saved = json.loads((tmp_path / "rep" / "tokens.json").read_text())
     assert saved["rows"][0]["posterior_nmse"] == pytest.approx(expect, rel=1e-4)
@@ -131,7 +149,7 @@ def test_cli_writes_the_report_and_rejects_bad_input(setup, tmp_path, capsys):
     assert code == 0, err
     rep = json.loads((tmp_path / "r" / "tokens.json").read_text())
     assert [r["k"] for r in rep["rows"]] == [1, R] and rep["rows"][0]["sample_nmse"] is None
-    assert "linear probe" in out and "kernel probe" in out
+    assert "linear probe" in out and "kernel probe" in out and "PCA" in out
     row = rep["rows"][0]
     assert row["cosine_to_first"] == pytest.approx(1.0) and 0 < row["kernel_nmse"] and -1 <= rep["token_cosine"] <= 1
     code, _, err = cli(capsys, "eval", "tokens", "--model", bundle, "--data", data, "--t", "0", "--out", tmp_path / "x")

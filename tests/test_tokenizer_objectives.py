@@ -222,6 +222,34 @@ def test_full_noise_regression_by_hand(prediction):
                       TokenizerObjectiveConfig(scheduler="ddpm", semantic_weight=0.0, x0_weight=1.0))
 
 
+def test_full_noise_regression_on_the_first_n_samples():
+    """tokenizer.x0_batch: the regression pass decodes the batch's first n samples only (its noise drawn for
+    those n), dropped ones still left out; the denoising term is unchanged; negative values are refused."""
+    task = _task(x0_weight=1.0, x0_batch=3)
+    tok = task.tokenizer
+    tok.config.cfg_drop_prob = 0.3
+    z = torch.randn(8, *SHAPE)
+    torch.manual_seed(5)
+    out = task({"z": z})
+    torch.manual_seed(5)
+    x0 = tok.normalize(z)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(8, nested=True), tok.sample_drop(8)
+    u = sample_u(8, "logit_normal")
+    x_t, t, target = noised("flow", x0, torch.randn_like(x0), u)
+    noise = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        denoise = F.mse_loss(tok.decode(tokens, keep, x_t, t, drop), target)
+        pred = tok.decode(tokens[:3], keep[:3], noise, torch.ones(3), drop[:3])
+        err = (noise - pred - x0[:3]).pow(2).flatten(1).mean(1)
+    use = ~drop[:3]
+    assert int(use.sum()) >= 1
+    assert float(out["denoise"]) == pytest.approx(float(denoise), rel=1e-5)
+    assert float(out["x0_regress"]) == pytest.approx(float(err[use].mean()), rel=1e-5)
+    with pytest.raises(ConfigError, match="tokenizer.x0_batch"):
+        _task(x0_weight=1.0, x0_batch=-2)
+
+
 def test_token_noise_reaches_both_decoder_passes_with_its_std():
     """tokenizer.token_noise: the denoising and the full-noise passes read encode(x0) + N(0, s^2), the same
     draw in both; 0 leaves the tokens exact; the encoder still gets gradients; negative values are refused."""

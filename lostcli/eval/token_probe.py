@@ -14,6 +14,11 @@ the latent's elements / the split's mean per-element variance, so predicting the
 - `cosine_to_first`: mean cosine between token k and token 1 of the same shape (tokens are z-scored, so this
   is their correlation over channels). Near 1 for every k: the sequence repeats itself. `token_cosine` in the
   report is the mean over all pairs of distinct positions.
+- `pca_nmse`: the error of the best linear code of the same size: the latent projected on the first
+  k * token_dim principal components of the probe split (scored on the evaluated split). It is a yardstick,
+  not a bound: where the decoded error at k is above it, a linear code of k tokens' numbers would do better,
+  so the tokenizer (its decoder or its training budget), not the data, limits that k; where it keeps falling
+  with k, the data still hold detail that later tokens could carry.
 - `posterior_nmse`: the decoder's own estimate of the clean latent from the prefix at one high noise level
   (x0_hat of a single forward pass at time `t`, default 0.95: almost all of the latent must come from the
   tokens). If it stays level while `probe_nmse` falls, the decoder is not reading the later tokens.
@@ -97,6 +102,20 @@ def probe_nmse(train_tokens: torch.Tensor, train_x: torch.Tensor, tokens: torch.
     return err / var, lam
 
 
+def principal_axes(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [1, F], principal axes [min(N, F), F], rows by falling variance) of flattened latents [N, ...]."""
+    y = train_x.flatten(1).double()
+    mean = y.mean(dim=0, keepdim=True)
+    return mean, torch.linalg.svd(y - mean, full_matrices=False).Vh
+
+
+def pca_nmse(mean: torch.Tensor, axes: torch.Tensor, x: torch.Tensor, n: int, var: float) -> float:
+    """NMSE of x [N, ...] reconstructed from its first n principal components (of the probe split)."""
+    y = x.flatten(1).double() - mean
+    v = axes[:n]
+    return float(((y - (y @ v.T) @ v) ** 2).mean()) / var
+
+
 def rbf_kernel(a: torch.Tensor, b: torch.Tensor, width: float) -> torch.Tensor:
     """exp(-|a_i - b_j|^2 / (2 width^2)) for rows of a [N, F] and b [M, F] -> [N, M] (float64)."""
     return torch.exp(-torch.cdist(a, b).pow(2) / (2.0 * width**2))
@@ -177,6 +196,7 @@ def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_
     x_t, t, _ = noised(kind, x, noise, u, prediction=pred_kind)
     probe_data = (tokens_probe.cpu(), x_probe.cpu(), tokens.cpu(), x.cpu())  # the ridge fits run on the CPU
     to_first, pair_cos = token_cosines(tokens.cpu())
+    pca_mean, pca_axes = principal_axes(x_probe.cpu())
     rows = []
     for k in ks:
         p_nmse, lam = probe_nmse(*probe_data, k, var)
@@ -190,6 +210,7 @@ def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_
         row = {"k": k, "probe_nmse": p_nmse, "probe_lambda": lam, "kernel_nmse": k_nmse,
                "kernel_lambda": kernel["lambda"], "kernel_width": kernel["width"],
                "cosine_to_first": float(to_first[k - 1]),
+               "pca_nmse": pca_nmse(pca_mean, pca_axes, x.cpu(), k * tok.config.token_dim, var),
                "posterior_nmse": ((torch.cat(post) - x) ** 2).mean().item() / var, "sample_nmse": None}
         if cfg.steps > 0:
             dec = [sample_latents(tok, tokens[i:i + cfg.batch_size], k, steps=cfg.steps, guidance=cfg.guidance,
@@ -224,14 +245,17 @@ def render_markdown(report: dict) -> str:
         f"{report['steps']} steps, guidance {report['guidance']}, temperature {report['temperature']:g}. Mean cosine "
         f"between two tokens of one shape (all position pairs): {report['token_cosine']:.3f}.",
         f"Command: `{report['command']}`" if report.get("command") else "", "",
-        "| k | cos(token k, token 1) | linear probe NMSE | kernel probe NMSE | decoder posterior NMSE | "
-        "decoded sample NMSE |", "|---|---|---|---|---|---|"]
+        "| k | cos(token k, token 1) | linear probe NMSE | kernel probe NMSE | PCA, same numbers | "
+        "decoder posterior NMSE | decoded sample NMSE |", "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['k']} | {_f(r['cosine_to_first'])} | {_f(r['probe_nmse'])} | {_f(r['kernel_nmse'])} | "
-                     f"{_f(r['posterior_nmse'])} | {_f(r['sample_nmse'])} |")
+                     f"{_f(r.get('pca_nmse'))} | {_f(r['posterior_nmse'])} | {_f(r['sample_nmse'])} |")
     lines += ["", "- The kernel probe falls with k only when later tokens add information about the latent; the "
               "linear probe can also fall when they are non-linear copies of token 1 (then cos(token k, token 1) "
               "stays near 1).",
               "- A probe NMSE that falls with k while the decoder's stays level means the later tokens hold "
-              "information that the decoder does not read.", ""]
+              "information that the decoder does not read.",
+              "- PCA, same numbers: the latent kept to its first k x token_dim principal components (of the "
+              f"{report['probe_split']} split). A decoded error above it means a linear code of that size does "
+              "better: the tokenizer, not the data, limits that k.", ""]
     return "\n".join(lines)
