@@ -141,7 +141,8 @@ def tokens_probe(
 
     Per k, on the dataset's stored latents (`lost dataset latents` with the bundle's VAE): the cosine of token k
     to token 1, NMSE of a linear (ridge) and a kernel (RBF) probe from the first k tokens (fitted on
-    --probe-split), of a PCA code with as many numbers as k tokens, of the decoder's one-pass clean-latent estimate at noise level --t, and of full decodes.
+    --probe-split), of a PCA code with as many numbers as k tokens, of the decoder's one-pass clean-latent
+    estimate at noise level --t, and of full decodes.
     Writes OUT/tokens.json and OUT/tokens.md.
     Example: lost eval tokens --model bundle --data prepared --split val --out reports/tokens
     """
@@ -157,8 +158,8 @@ def tokens_probe(
     rep = evaluate_token_probe(pipe, data, cfg, out_dir=out, command=" ".join(["lost", *sys.argv[1:]]))
     for r in rep["rows"]:
         console.print(f"k={r['k']:>4}: cos to token 1 {_fmt(r['cosine_to_first'])}  linear probe "
-                      f"{_fmt(r['probe_nmse'])}  kernel probe {_fmt(r['kernel_nmse'])}  PCA {_fmt(r['pca_nmse'])}  decoder posterior "
-                      f"{_fmt(r['posterior_nmse'])}  decoded samples {_fmt(r['sample_nmse'])}")
+                      f"{_fmt(r['probe_nmse'])}  kernel probe {_fmt(r['kernel_nmse'])}  PCA {_fmt(r['pca_nmse'])}  "
+                      f"decoder posterior {_fmt(r['posterior_nmse'])}  decoded samples {_fmt(r['sample_nmse'])}")
     console.print(f"NMSE on {rep['n']} {split} latents (split mean {rep['mean_nmse']:.3f}); mean token-to-token "
                   f"cosine {rep['token_cosine']:.3f} -> {out / 'tokens.md'}")
 

@@ -196,7 +196,7 @@ def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_
     x_t, t, _ = noised(kind, x, noise, u, prediction=pred_kind)
     probe_data = (tokens_probe.cpu(), x_probe.cpu(), tokens.cpu(), x.cpu())  # the ridge fits run on the CPU
     to_first, pair_cos = token_cosines(tokens.cpu())
-    pca_mean, pca_axes = principal_axes(x_probe.cpu())
+    pca_mean, pca_axes = principal_axes(probe_data[1])  # fitted once; each k keeps its first k * token_dim axes
     rows = []
     for k in ks:
         p_nmse, lam = probe_nmse(*probe_data, k, var)
@@ -210,7 +210,7 @@ def evaluate_token_probe(pipeline, root: str | Path, cfg: TokenProbeConfig, out_
         row = {"k": k, "probe_nmse": p_nmse, "probe_lambda": lam, "kernel_nmse": k_nmse,
                "kernel_lambda": kernel["lambda"], "kernel_width": kernel["width"],
                "cosine_to_first": float(to_first[k - 1]),
-               "pca_nmse": pca_nmse(pca_mean, pca_axes, x.cpu(), k * tok.config.token_dim, var),
+               "pca_nmse": pca_nmse(pca_mean, pca_axes, probe_data[3], k * tok.config.token_dim, var),
                "posterior_nmse": ((torch.cat(post) - x) ** 2).mean().item() / var, "sample_nmse": None}
         if cfg.steps > 0:
             dec = [sample_latents(tok, tokens[i:i + cfg.batch_size], k, steps=cfg.steps, guidance=cfg.guidance,
@@ -249,7 +249,7 @@ def render_markdown(report: dict) -> str:
         "decoder posterior NMSE | decoded sample NMSE |", "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['k']} | {_f(r['cosine_to_first'])} | {_f(r['probe_nmse'])} | {_f(r['kernel_nmse'])} | "
-                     f"{_f(r.get('pca_nmse'))} | {_f(r['posterior_nmse'])} | {_f(r['sample_nmse'])} |")
+                     f"{_f(r['pca_nmse'])} | {_f(r['posterior_nmse'])} | {_f(r['sample_nmse'])} |")
     lines += ["", "- The kernel probe falls with k only when later tokens add information about the latent; the "
               "linear probe can also fall when they are non-linear copies of token 1 (then cos(token k, token 1) "
               "stays near 1).",
