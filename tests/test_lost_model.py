@@ -316,3 +316,69 @@ def test_paper_decoder_is_dit_l2():
     assert 450e6 < n["decoder"] < 465e6  # DiT-L/2 is ~458M with its class embedder; ours has a token embedder
     assert n["total"] == n["encoder"] + n["decoder"]
     assert 2.05e6 < count_params("lost_tiny")["total"] < 2.13e6  # the size table says 2.09M
+
+
+# -- per-position condition embedding -------------------------------------------------------------------
+
+
+def test_per_position_linear_is_one_linear_per_position():
+    from lostcli.models.lost import PerPositionLinear
+
+    torch.manual_seed(0)
+    layer = PerPositionLinear(3, 4, 5)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(2, 3, 4)
+    by_hand = torch.stack([x[:, r] @ layer.weight[r].T + layer.bias[r] for r in range(3)], dim=1)
+    torch.testing.assert_close(layer(x), by_hand)
+    bound = (6 / (4 + 5)) ** 0.5  # Xavier-uniform of a Linear(4, 5), for every position
+    assert float(layer.weight.abs().max()) <= bound
+    assert float(layer.weight.std()) > 0.5 * bound / 3 ** 0.5
+    with pytest.raises(ValueError, match=r"\[B, 3, 4\]"):
+        layer(torch.randn(2, 2, 4))
+
+
+def test_per_position_condition_embedding_reads_each_position_with_its_own_map(tmp_path):
+    torch.manual_seed(0)
+    model = _model(cond_embed="per_position")
+    emb = model.decoder.cond_embedder
+    assert tuple(emb.weight.shape) == (8, 32, 8)  # [R, dec_width, token_dim]
+    assert not torch.allclose(emb.weight[0], emb.weight[1])
+    _perturb(model)
+    x, x_t, t = _inputs(2)
+    tokens = model.encode(x)
+    # the same token content at every position enters the decoder through a different map per position
+    same = tokens[:, :1].expand(-1, 8, -1)
+    r = emb(same)
+    assert not torch.allclose(r[:, 0], r[:, 1])
+    model.save_pretrained(tmp_path)
+    loaded = LoSTTokenizer.from_pretrained(tmp_path)
+    assert loaded.config.cond_embed == "per_position"
+    keep = torch.tensor([2, 8])
+    torch.testing.assert_close(loaded.decode(tokens, keep, x_t, t), model.decode(tokens, keep, x_t, t))
+    shared = _model()
+    assert isinstance(shared.decoder.cond_embedder, torch.nn.Linear)  # the default: Semanticist's shared Linear
+    with pytest.raises(ConfigError, match="cond_embed"):
+        LoSTConfig(**TINY, cond_embed="per_token")
+
+
+def test_shared_plus_position_starts_as_the_shared_map_and_learns_a_map_per_position():
+    torch.manual_seed(0)
+    both = _model(cond_embed="shared_plus_position")
+    dec = both.decoder
+    assert tuple(dec.cond_embedder.weight.shape) == (32, 8)  # the shared Linear [dec_width, token_dim]
+    assert tuple(dec.cond_embedder_pos.weight.shape) == (8, 32, 8)  # plus [R, dec_width, token_dim], zero at init
+    assert float(dec.cond_embedder_pos.weight.abs().max()) == 0.0
+    _perturb(both.encoder)
+    _perturb(dec.blocks)
+    _perturb(dec.final_layer)
+    shared = _model()
+    shared.load_state_dict({k: v for k, v in both.state_dict().items() if "cond_embedder_pos" not in k})
+    x, x_t, t = _inputs(2)
+    tokens, keep = both.encode(x), torch.tensor([1, 8])
+    torch.testing.assert_close(both.decode(tokens, keep, x_t, t), shared.decode(tokens, keep, x_t, t))
+    # from zero, the per-position part gets a gradient at every position (kept tokens and null tokens alike)
+    both.decode(tokens, torch.tensor([2, 2]), x_t, t).square().sum().backward()
+    grad = dec.cond_embedder_pos.weight.grad.abs().sum(dim=(1, 2))  # [R]
+    assert bool((grad > 0).all())
+    assert float(dec.cond_embedder.weight.grad.abs().sum()) > 0

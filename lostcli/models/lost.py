@@ -14,7 +14,7 @@ position embedding tells the planes apart by column). R registers give R tokens 
 - Nested dropout: keep k per sample from {1, 2, 4, ..., R}; tokens at positions >= k are replaced by the
   decoder's per-position learned null tokens (token space, as Semanticist's `null_cond`).
 - Decoder (DiT with in-context conditioning, as Semanticist): [noised patches ; Linear(cond) + learned
-  register positions], full attention, one adaLN-Zero driven by the timestep only, the final layer reads
+  register positions] (`cond_embed`: one Linear shared by the positions, or one per position), full attention, one adaLN-Zero driven by the timestep only, the final layer reads
   the patch outputs only. Classifier-free guidance: `drop_cond` replaces the WHOLE condition by the null
   tokens (the training task draws it with p = `cfg_drop_prob`).
 """
@@ -37,7 +37,8 @@ from .blocks import (LN_EPS, Block, DiTBlock, FinalLayer, PatchEmbed, TimestepEm
 
 TOKEN_EPS = 1e-6  # per-token standardisation: (x - mean) / sqrt(var + eps), biased var over channels
 PREDICTIONS = ("velocity", "epsilon", "sample")
-KEEP_MODES = ("pow2", "uniform")  # how nested dropout draws the kept prefix length  # what the decoder output means (read by the training task)
+KEEP_MODES = ("pow2", "uniform")  # how nested dropout draws the kept prefix length
+COND_EMBEDS = ("shared", "per_position", "shared_plus_position")  # how the decoder maps condition tokens to its width
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -65,6 +66,13 @@ class LoSTConfig:
     # Beside O(1) sin-cos patch positions, 0.02 (timm's) makes every register attend alike, so the R tokens start
     # as near-copies (cosine 0.98) and the decoder cannot tell them apart; 0.5 starts them apart (0.66)
     register_init_std: float = 0.02
+    # The decoder's token -> width map. "shared": one Linear for every register position (Semanticist, FlexTok).
+    # "per_position": a Linear of its own per position, so token j's channels land in their own directions and
+    # even uniform attention over the registers passes every token on; a shared map plus softmax attention must
+    # learn one sharp head per token to tell them apart, which a small decoder does not do in a short budget.
+    # "shared_plus_position": the shared Linear plus a per-position one that starts at zero (the shared model at
+    # init, learning from every position, with a map of its own per position on top)
+    cond_embed: str = "shared"
     grad_checkpointing: bool = False  # recompute block activations in backward (memory for paper-size runs)
 
     def __post_init__(self) -> None:
@@ -90,6 +98,8 @@ class LoSTConfig:
             raise ConfigError(f"time_scale: must be > 0, got {self.time_scale}")
         if self.register_init_std <= 0:
             raise ConfigError(f"register_init_std: must be > 0, got {self.register_init_std}")
+        if self.cond_embed not in COND_EMBEDS:
+            raise ConfigError(f"cond_embed: {self.cond_embed!r} is not one of {list(COND_EMBEDS)}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -191,6 +201,31 @@ class LoSTEncoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
+class PerPositionLinear(nn.Module):
+    """A Linear of its own for each of R positions: [B, R, in] -> [B, R, out], weight [R, out, in], bias [R, out].
+
+    Position r computes x[:, r] @ weight[r].T + bias[r], as nn.Linear would with weight[r] and bias[r].
+    """
+
+    def __init__(self, positions: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(positions, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(positions, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform per position (the bound of a Linear(in, out)), zero bias."""
+        _, out_f, in_f = self.weight.shape
+        bound = (6.0 / (in_f + out_f)) ** 0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.weight.shape[0], self.weight.shape[2]):
+            raise ValueError(f"input {list(x.shape)} does not fit [B, {self.weight.shape[0]}, {self.weight.shape[2]}]")
+        return torch.einsum("bri,roi->bro", x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
+
+
 class LoSTDecoder(nn.Module):
     """DiT over [noised latent patches ; condition tokens], timestep adaLN-Zero, patch outputs only."""
 
@@ -202,7 +237,13 @@ class LoSTDecoder(nn.Module):
         self.x_embedder = PatchEmbed(C, D, cfg.patch_size)
         self.register_buffer("pos_embed", sincos_2d(D, *cfg.grid), persistent=False)  # [N, D], frozen
         self.t_embedder = TimestepEmbedder(D)
-        self.cond_embedder = nn.Linear(cfg.token_dim, D)  # tokens -> decoder width
+        if cfg.cond_embed == "per_position":  # weight [R, D, token_dim]
+            self.cond_embedder = PerPositionLinear(R, cfg.token_dim, D)
+        else:  # weight [D, token_dim], shared by every position
+            self.cond_embedder = nn.Linear(cfg.token_dim, D)
+        # shared_plus_position: a per-position map added to the shared one, zero at init
+        self.cond_embedder_pos = (PerPositionLinear(R, cfg.token_dim, D) if cfg.cond_embed == "shared_plus_position"
+                                  else None)
         self.cond_pos_embed = nn.Parameter(torch.zeros(R, D))  # learned register position embeddings
         self.null_cond = nn.Parameter(torch.zeros(R, cfg.token_dim))  # per-position null tokens (token space)
         self.blocks = nn.ModuleList([DiTBlock(D, cfg.dec_heads, cfg.mlp_ratio) for _ in range(cfg.dec_depth)])
@@ -213,6 +254,11 @@ class LoSTDecoder(nn.Module):
         """DiT init: Xavier linears, N(0, 0.02) timestep MLP and learned embeddings, adaLN-Zero everywhere."""
         xavier_init_linears(self)
         self.x_embedder.init_as_linear()
+        if isinstance(self.cond_embedder, PerPositionLinear):
+            self.cond_embedder.reset_parameters()
+        if self.cond_embedder_pos is not None:
+            nn.init.zeros_(self.cond_embedder_pos.weight)
+            nn.init.zeros_(self.cond_embedder_pos.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.cond_pos_embed, std=self.config.register_init_std)
@@ -290,7 +336,10 @@ class LoSTDecoder(nn.Module):
         N = cfg.num_patches
         c_tokens = self.condition(cond, keep, drop_cond)  # [B, R, T]
         x = self.x_embedder(x_t) + self.pos_embed  # [B, N, D]
-        r = self.cond_embedder(c_tokens.to(x.dtype)) + self.cond_pos_embed  # [B, R, D]
+        c_tokens = c_tokens.to(x.dtype)
+        r = self.cond_embedder(c_tokens) + self.cond_pos_embed  # [B, R, D]
+        if self.cond_embedder_pos is not None:
+            r = r + self.cond_embedder_pos(c_tokens)
         x = torch.cat([x, r], dim=1)  # [B, N+R, D]: in-context condition after the patches
         c = self.t_embedder(self.time_input(t, B, timesteps))  # [B, D]: adaLN is driven by the timestep only
         hidden = x[:, :N]
