@@ -332,8 +332,8 @@ def test_per_position_linear_is_one_linear_per_position():
     by_hand = torch.stack([x[:, r] @ layer.weight[r].T + layer.bias[r] for r in range(3)], dim=1)
     torch.testing.assert_close(layer(x), by_hand)
     bound = (6 / (4 + 5)) ** 0.5  # Xavier-uniform of a Linear(4, 5), for every position
-    assert float(layer.weight.abs().max()) <= bound
-    assert float(layer.weight.std()) > 0.5 * bound / 3 ** 0.5
+    assert float(layer.weight.detach().abs().max()) <= bound
+    assert float(layer.weight.detach().std()) > 0.5 * bound / 3 ** 0.5
     with pytest.raises(ValueError, match=r"\[B, 3, 4\]"):
         layer(torch.randn(2, 2, 4))
 
