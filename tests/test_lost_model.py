@@ -368,7 +368,7 @@ def test_shared_plus_position_starts_as_the_shared_map_and_learns_a_map_per_posi
     dec = both.decoder
     assert tuple(dec.cond_embedder.weight.shape) == (32, 8)  # the shared Linear [dec_width, token_dim]
     assert tuple(dec.cond_embedder_pos.weight.shape) == (8, 32, 8)  # plus [R, dec_width, token_dim], zero at init
-    assert float(dec.cond_embedder_pos.weight.abs().max()) == 0.0
+    assert float(dec.cond_embedder_pos.weight.detach().abs().max()) == 0.0
     _perturb(both.encoder)
     _perturb(dec.blocks)
     _perturb(dec.final_layer)
