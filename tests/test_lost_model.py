@@ -134,6 +134,17 @@ def test_sample_keep_is_uniform_over_powers_of_two():
     assert torch.equal(model.sample_keep(5, nested=False), torch.full((5,), 8))
 
 
+def test_sample_keep_uniform_draws_every_prefix_length():
+    model = _model()  # R = 8
+    keep = model.sample_keep(8000, generator=torch.Generator().manual_seed(0), mode="uniform")
+    counts = torch.bincount(keep, minlength=9)
+    assert int(counts[0]) == 0 and int(counts.sum()) == 8000
+    assert all(850 < int(c) < 1150 for c in counts[1:]), counts.tolist()  # 1000 each: 3, 5, 6, 7 too
+    assert torch.equal(model.sample_keep(5, nested=False, mode="uniform"), torch.full((5,), 8))
+    with pytest.raises(ConfigError, match="tokenizer.keep_sampling"):
+        model.sample_keep(4, mode="linear")
+
+
 def test_sample_drop_probability():
     flags = _model().sample_drop(20000, generator=torch.Generator().manual_seed(1))
     assert flags.dtype == torch.bool and abs(flags.float().mean().item() - 0.1) < 0.01

@@ -11,7 +11,7 @@ from lostcli.errors import ConfigError
 from lostcli.models.flow import make_scheduler, noised, predict_x0, sample_latents, sample_u
 from lostcli.models.lost import LoSTConfig, LoSTTokenizer
 from lostcli.models.rida import build_student
-from lostcli.train.tokenizer import (TokenizerObjectiveConfig, TokenizerTask, semantic_loss,
+from lostcli.train.tokenizer import (LatentMetric, TokenizerObjectiveConfig, TokenizerTask, semantic_loss,
                                      student_tokens_on_grid)
 
 SHAPE = [4, 4, 12]  # three 4 x 4 planes side by side
@@ -222,6 +222,80 @@ def test_full_noise_regression_by_hand(prediction):
                       TokenizerObjectiveConfig(scheduler="ddpm", semantic_weight=0.0, x0_weight=1.0))
 
 
+# -- the spectral metric (loss_whiten) -----------------------------------------------------------------
+
+
+def _axis_data(n: int = 4000) -> torch.Tensor:
+    """Latents [n, 1, 1, 4] with independent coordinates of variance 16, 4, 1 and 1e-6 (the principal axes)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    x = (x - x.mean(0)) / x.std(0)  # exactly unit sample variance per coordinate
+    x = x - x.mean(0)
+    return (x * torch.tensor([4.0, 2.0, 1.0, 1e-3])).view(n, 1, 1, 4)
+
+
+def test_latent_metric_weights_by_hand():
+    x = _axis_data()
+    lam = torch.tensor([16.0, 4.0, 1.0, 1e-6])
+    # 99% of the variance (21.0 in all) is reached at the third axis: the fourth weighs as the third
+    floored = torch.tensor([16.0, 4.0, 1.0, 1.0])
+    m = LatentMetric(x, power=0.5)
+    w = floored.pow(-0.5)
+    w = w * lam.sum() / (w * lam).sum()
+    assert torch.allclose(m.variance, lam, rtol=1e-3, atol=1e-5)
+    assert torch.allclose(m.weights, w, rtol=1e-3)
+    assert float((m.weights * m.variance).sum()) == pytest.approx(float(lam.sum()), rel=1e-4)
+    # the error along an axis weighs that axis' weight / D (the basis vectors are the axes, up to sign)
+    e = torch.eye(4).view(4, 1, 1, 4)
+    assert torch.allclose(m(e), w / 4, rtol=1e-3)
+    # power 0: plain per-sample MSE for any error
+    err = torch.randn(5, 1, 1, 4)
+    assert torch.allclose(LatentMetric(x, 0.0)(err), err.pow(2).flatten(1).mean(1), rtol=1e-5, atol=1e-6)
+    # the large direction weighs less than under MSE, the small ones more
+    assert float(m.weights[0]) < 1.0 < float(m.weights[2])
+
+
+def test_whitened_loss_in_the_task_by_hand():
+    task0 = _task(x0_weight=1.0)
+    z = torch.randn(64, *SHAPE)
+    metric = LatentMetric(task0.tokenizer.normalize(z), power=0.5)
+    torch.manual_seed(0)
+    obj = TokenizerObjectiveConfig(semantic_weight=0.0, nest_after=0, x0_weight=1.0, loss_whiten=0.5)
+    task = TokenizerTask(task0.tokenizer, obj, metric=metric)
+    tok = task.tokenizer
+    batch = z[:8]
+    torch.manual_seed(3)
+    out = task({"z": batch})
+    torch.manual_seed(3)  # replay the denoising pass
+    x0 = tok.normalize(batch)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(8, nested=True), tok.sample_drop(8)
+    u = sample_u(8, "logit_normal")
+    x_t, t, target = noised("flow", x0, torch.randn_like(x0), u, prediction="velocity")
+    with torch.no_grad():
+        pred = tok.decode(tokens, keep, x_t, t, drop)
+        e = (pred - target).flatten(1) @ metric.basis
+        want = (e.pow(2) * metric.weights).mean(1).mean()
+        plain = (pred - target).pow(2).mean()
+    assert float(out["denoise"]) == pytest.approx(float(want), rel=1e-5)
+    assert abs(float(want) - float(plain)) > 1e-4 * float(plain)  # the metric changed the loss
+    assert "metric.basis" not in task.state_dict()  # rebuilt from the data, never saved
+    # terms "x0": the denoising term stays plain MSE, the full-noise term is measured with the metric
+    obj_x0 = TokenizerObjectiveConfig(semantic_weight=0.0, nest_after=0, x0_weight=1.0, loss_whiten=0.5,
+                                      loss_whiten_terms="x0")
+    task_x0 = TokenizerTask(tok, obj_x0, metric=metric)
+    torch.manual_seed(3)
+    out_x0 = task_x0({"z": batch})
+    assert float(out_x0["denoise"]) == pytest.approx(float(plain), rel=1e-5)
+    assert float(out_x0["x0_regress"]) == pytest.approx(float(out["x0_regress"]), rel=1e-5)
+    with pytest.raises(ConfigError, match="tokenizer.loss_whiten_terms"):
+        _task(loss_whiten_terms="denoise")
+    with pytest.raises(ConfigError, match="tokenizer.loss_whiten"):
+        TokenizerTask(task0.tokenizer, TokenizerObjectiveConfig(semantic_weight=0.0, loss_whiten=0.5))
+    with pytest.raises(ConfigError, match="tokenizer.loss_whiten: must be in"):
+        _task(loss_whiten=1.5)
+
+
 def test_full_noise_regression_on_the_first_n_samples():
     """tokenizer.x0_batch: the regression pass decodes the batch's first n samples only (its noise drawn for
     those n), dropped ones still left out; the denoising term is unchanged; negative values are refused."""
@@ -315,7 +389,7 @@ def test_repa_term_by_hand_and_its_gradients():
         ref = student_tokens_on_grid(student, ref, tok.config.grid)  # pooled to 2 x 6 patches
         want = (1 - F.cosine_similarity(task.projector(hidden), ref, dim=-1)).mean()
     assert float(out["repa"]) == pytest.approx(float(want), abs=1e-6)
-    assert float(out["loss"]) == pytest.approx(float(out["denoise"]) + 0.5 * float(want), abs=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(out["denoise"]) + 0.5 * float(want), abs=1e-5)
     out["loss"].backward()
     assert task.projector.mlp[0].weight.grad.abs().sum() > 0
     assert tok.decoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

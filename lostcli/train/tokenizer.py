@@ -94,6 +94,14 @@ class TokenizerObjectiveConfig:
     # the prefix, most important first (nested dropout), and the decoder learns to read every kept token.
     # Decoding at inference reads the clean tokens.
     token_noise: float = 0.0
+    # exponent a of a spectral metric on the latent error (the denoising and full-noise terms): the error's component
+    # along the i-th principal direction of the training latents weighs lambda_i^-a (lambda_i: that direction's
+    # variance, floored at the direction where 99% of the variance is reached), scaled so that sum_i w_i lambda_i =
+    # sum_i lambda_i (an error as large as the data weighs as under MSE). 0: plain MSE (the paper). A positive-definite
+    # quadratic loss has the same minimiser as MSE; it changes what a budget-limited decoder fits first. Under MSE the
+    # first token's few large directions hold most of the error, so the decoder reads token 1 and little else.
+    loss_whiten: float = 0.0
+    loss_whiten_terms: str = "all"  # the terms measured with it: "all" (denoising and full-noise) or "x0" (full-noise)
     nest_after: int = 50  # epochs trained with all R registers kept before nested dropout starts (paper: 50 of 250)
     keep_sampling: str = "pow2"  # nested dropout's prefix lengths: "pow2" ({1, 2, 4, ..., R}, paper) or "uniform" (1..R)
     sample_steps: int = 25  # sampling defaults stored with the export: scheduler steps
@@ -134,6 +142,8 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
         ("tokenizer.x0_batch", cfg.x0_batch >= 0, "must be >= 0 (0 = the whole batch)"),
         ("tokenizer.repa_layer", cfg.repa_layer >= 1, "must be >= 1 (a decoder block)"),
         ("tokenizer.token_noise", cfg.token_noise >= 0, "must be >= 0"),
+        ("tokenizer.loss_whiten_terms", cfg.loss_whiten_terms in ("all", "x0"), "must be 'all' or 'x0'"),
+        ("tokenizer.loss_whiten", math.isfinite(cfg.loss_whiten) and 0 <= cfg.loss_whiten <= 1, "must be in [0, 1]"),
         ("tokenizer.nest_after", cfg.nest_after >= 0, "must be >= 0 (epochs)"),
         ("tokenizer.keep_sampling", cfg.keep_sampling in KEEP_MODES, f"must be one of {list(KEEP_MODES)}"),
         ("tokenizer.sample_steps", cfg.sample_steps >= 1, "must be >= 1"),
@@ -238,6 +248,50 @@ class RepaProjector(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
+# The spectral metric on latent errors
+# ----------------------------------------------------------------------------------------------------
+
+WHITEN_FLOOR_VARIANCE = 0.99  # directions past this share of the variance weigh as the direction that reaches it
+
+
+class LatentMetric(nn.Module):
+    """A fixed quadratic form on latent errors: per-sample sum_i w_i (u_i . e)^2 / D over the principal directions
+    u_i of the training latents, with w_i = lambda_i^-power normalised so that sum_i w_i lambda_i = sum_i lambda_i.
+
+    power 0 gives w = 1 and the plain per-sample MSE. Buffers are not saved: the metric is rebuilt from the data.
+    """
+
+    def __init__(self, latents: torch.Tensor, power: float) -> None:
+        super().__init__()
+        x = latents.double().flatten(1)  # [N, D], tokenizer-normalised
+        x = x - x.mean(0, keepdim=True)
+        cov = x.T @ x / max(x.shape[0] - 1, 1)
+        lam, basis = torch.linalg.eigh(cov)  # ascending
+        lam, basis = lam.flip(0).clamp(min=0.0), basis.flip(1)
+        share = lam.cumsum(0) / lam.sum().clamp(min=1e-30)
+        q = int(torch.searchsorted(share, torch.tensor(WHITEN_FLOOR_VARIANCE, dtype=share.dtype)).clamp(max=len(lam) - 1))
+        floored = lam.clamp(min=float(lam[q]) if lam[q] > 0 else 1e-12)
+        w = floored.pow(-power)
+        w = w * lam.sum() / (w * lam).sum().clamp(min=1e-30)
+        self.power = power
+        self.register_buffer("basis", basis.float(), persistent=False)  # [D, D], columns u_i
+        self.register_buffer("weights", w.float(), persistent=False)  # [D]
+        self.register_buffer("variance", lam.float(), persistent=False)  # [D]
+
+    def forward(self, err: torch.Tensor) -> torch.Tensor:
+        """Errors [B, ...] -> per-sample weighted mean square [B]."""
+        e = err.float().flatten(1)
+        return (e @ self.basis).pow(2).mul(self.weights).mean(1)
+
+
+def latent_metric_for(dataset: StoreDataset, tokenizer: LoSTTokenizer, power: float) -> LatentMetric:
+    """The spectral metric of `tokenizer.loss_whiten`, from every latent of the training split (normalised)."""
+    with torch.no_grad():
+        z = torch.stack([dataset[i]["z"].float() for i in range(len(dataset))])
+        return LatentMetric(tokenizer.normalize(z), power)
+
+
+# ----------------------------------------------------------------------------------------------------
 # The Task
 # ----------------------------------------------------------------------------------------------------
 
@@ -256,11 +310,12 @@ class TokenizerTask(Task):
         student: the frozen RIDA student; required when `objective.semantic_weight` > 0, ignored otherwise.
         run_config: the resolved run config, stored in the export.
         rida_info: where the student came from (stored in the export).
+        metric: the spectral metric of the latent errors; required when `objective.loss_whiten` > 0.
     """
 
     def __init__(self, tokenizer: LoSTTokenizer, objective: TokenizerObjectiveConfig,
                  student: RidaStudent | None = None, run_config: dict | None = None,
-                 rida_info: dict | None = None) -> None:
+                 rida_info: dict | None = None, metric: LatentMetric | None = None) -> None:
         super().__init__()
         check_objective(objective)
         if tokenizer.config.prediction != decoder_target(objective):
@@ -273,8 +328,11 @@ class TokenizerTask(Task):
         if objective.repa_weight > 0 and objective.repa_layer > tokenizer.config.dec_depth:
             raise ConfigError(f"tokenizer.repa_layer: {objective.repa_layer} is past the decoder's "
                               f"{tokenizer.config.dec_depth} blocks")
+        if objective.loss_whiten > 0 and metric is None:
+            raise ConfigError(f"tokenizer.loss_whiten: {objective.loss_whiten} needs the training latents' metric")
         self.tokenizer = tokenizer
         self.cfg = objective
+        self.metric = metric if objective.loss_whiten > 0 else None  # training only, not exported
         # frozen inside the task: excluded from the optimizer and EMA (requires_grad False), saved in checkpoints
         uses_student = objective.semantic_weight > 0 or objective.repa_weight > 0
         self.student = student.requires_grad_(False).eval() if uses_student else None
@@ -308,11 +366,10 @@ class TokenizerTask(Task):
             pred, hidden = tok.decode_with_hidden(tokens, keep, x_t, t, drop, cfg.repa_layer)
         else:
             pred, hidden = tok.decode(tokens, keep, x_t, t, drop), None  # [B, C, H, W]
+        denoise = self._sq_err(pred.float() - target.float(), term="denoise")  # [B]
         if cfg.loss_space == "velocity":  # x0 decoder, v-loss: |x0_hat - x0|^2 / sigma^2
-            w = t.float().clamp(min=VELOCITY_MIN_SIGMA).pow(-2).view(-1, *([1] * (x0.dim() - 1)))
-            denoise = ((pred.float() - target.float()).pow(2) * w).mean()
-        else:
-            denoise = F.mse_loss(pred.float(), target.float())
+            denoise = denoise * t.float().clamp(min=VELOCITY_MIN_SIGMA).pow(-2)
+        denoise = denoise.mean()
         out = {"denoise": denoise.detach(), "keep_mean": keep.float().mean()}
         loss = denoise
         if cfg.semantic_weight > 0:
@@ -346,9 +403,15 @@ class TokenizerTask(Task):
                            tok.config.prediction)
         pred = tok.decode(tokens, keep, x_t, t, drop)
         x0_hat = predict_x0(cfg.scheduler, x_t, t, pred, cfg.num_train_timesteps, tok.config.prediction)
-        err = (x0_hat.float() - x0.float()).pow(2).flatten(1).mean(1)  # [B]
+        err = self._sq_err(x0_hat.float() - x0.float())  # [B]
         use = (~drop).float()
         return (err * use).sum() / use.sum().clamp(min=1.0)
+
+    def _sq_err(self, err: torch.Tensor, term: str = "x0") -> torch.Tensor:
+        """Per-sample mean square of latent errors [B, ...] -> [B], under the spectral metric when it is on."""
+        if self.metric is not None and (term == "x0" or self.cfg.loss_whiten_terms == "all"):
+            return self.metric(err)
+        return err.pow(2).flatten(1).mean(1)
 
     def _semantic(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor,
                   drop: torch.Tensor) -> torch.Tensor:
@@ -402,4 +465,5 @@ def build_task(cfg: TokenizerRunConfig, dataset: StoreDataset, stats: dict) -> T
         student = load_student(cfg.rida, latent_shape)
         info = {"path": str(cfg.rida), "preset": student.preset, "teacher": student.extra_config.get("teacher"),
                 "objective": student.extra_config.get("objective")}
-    return TokenizerTask(tokenizer, cfg.tokenizer, student, run_config=to_dict(cfg), rida_info=info)
+    metric = latent_metric_for(dataset, tokenizer, cfg.tokenizer.loss_whiten) if cfg.tokenizer.loss_whiten > 0 else None
+    return TokenizerTask(tokenizer, cfg.tokenizer, student, run_config=to_dict(cfg), rida_info=info, metric=metric)
