@@ -320,7 +320,7 @@ def test_category_captions_make_one_category_positives(tmp_path):
     mixed = dict(batch, text=torch.where(short[:, None], batch["text_category"], batch["text"]))
     ref = plain(mixed)
     assert 0 < int(short.sum()) < B
-    assert float(out["loss"]) == pytest.approx(float(ref["loss"]), abs=1e-6)
+    assert float(out["loss"].detach()) == pytest.approx(float(ref["loss"].detach()), abs=1e-6)
     # every caption short: a category's shapes share one caption, so they are each other's positives
     every_task = ClipTask(tiny_teacher(), category_caption_prob=1.0)  # (tiny_teacher reseeds: build first)
     torch.manual_seed(3)
@@ -328,8 +328,8 @@ def test_category_captions_make_one_category_positives(tmp_path):
     torch.manual_seed(3)
     torch.rand(B)
     ref = plain(dict(batch, text=batch["text_category"]))
-    assert float(every["loss"]) == pytest.approx(float(ref["loss"]), abs=1e-6)
-    assert float(every["loss"]) != pytest.approx(float(out["loss"]), abs=1e-3)
+    assert float(every["loss"].detach()) == pytest.approx(float(ref["loss"].detach()), abs=1e-6)
+    assert float(every["loss"].detach()) != pytest.approx(float(out["loss"].detach()), abs=1e-3)
     with pytest.raises(ConfigError, match="data.category_caption_prob"):
         ClipTask(tiny_teacher(), category_caption_prob=1.5)
 
@@ -357,7 +357,7 @@ def test_view_consistency_term_by_hand(tmp_path):
         target = torch.arange(B)
         want = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     assert float(out["l_view"]) == pytest.approx(float(want), abs=1e-5)
-    assert float(out["loss"]) == pytest.approx(float(ref["loss"]) + 0.5 * float(want), abs=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(ref["loss"].detach()) + 0.5 * float(want), abs=1e-5)
     with pytest.raises(ConfigError, match="data.view_weight"):
         ClipTask(tiny_teacher(), view_weight=-1.0)
 
