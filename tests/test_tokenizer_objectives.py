@@ -230,7 +230,6 @@ def _axis_data(n: int = 4000) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 4, generator=g)
     x = (x - x.mean(0)) / x.std(0)  # exactly unit sample variance per coordinate
-    x = x - x.mean(0)
     return (x * torch.tensor([4.0, 2.0, 1.0, 1e-3])).view(n, 1, 1, 4)
 
 
@@ -253,11 +252,16 @@ def test_latent_metric_weights_by_hand():
     assert torch.allclose(LatentMetric(x, 0.0)(err), err.pow(2).flatten(1).mean(1), rtol=1e-5, atol=1e-6)
     # the large direction weighs less than under MSE, the small ones more
     assert float(m.weights[0]) < 1.0 < float(m.weights[2])
+    # fewer latents than dimensions: an error outside their span weighs as the floor direction
+    few = LatentMetric(x[:3], power=0.5)  # three latents span two directions after centring
+    assert float(few.weights[0]) < 0.9 * float(few.rest_weight)  # the large direction weighs less than the rest
+    off = torch.linalg.qr(torch.cat([few.basis[:, :2], torch.randn(4, 2)], dim=1))[0][:, 2:]  # orthogonal to them
+    assert torch.allclose(few(off.T.reshape(2, 1, 1, 4)), few.rest_weight.expand(2) / 4, rtol=1e-4)
 
 
 def test_whitened_loss_in_the_task_by_hand():
     task0 = _task(x0_weight=1.0)
-    z = torch.randn(64, *SHAPE)
+    z = torch.randn(256, *SHAPE)  # more latents than dimensions (192): the basis spans the space
     metric = LatentMetric(task0.tokenizer.normalize(z), power=0.5)
     torch.manual_seed(0)
     obj = TokenizerObjectiveConfig(semantic_weight=0.0, nest_after=0, x0_weight=1.0, loss_whiten=0.5)

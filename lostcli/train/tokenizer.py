@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..config import OptimConfig, TrainConfig, to_dict
 from ..data.loader import StoreDataset
 from ..errors import ConfigError
+from ..eval.token_probe import principal_axes
 from ..models.flow import KINDS, PREDICTION, PREDICTIONS, TIME_SAMPLING, noised, predict_x0, sample_u
 from ..models.lost import KEEP_MODES, LoSTTokenizer, build_tokenizer
 from ..models.rida import RidaStudent
@@ -257,31 +258,32 @@ WHITEN_FLOOR_VARIANCE = 0.99  # directions past this share of the variance weigh
 class LatentMetric(nn.Module):
     """A fixed quadratic form on latent errors: per-sample sum_i w_i (u_i . e)^2 / D over the principal directions
     u_i of the training latents, with w_i = lambda_i^-power normalised so that sum_i w_i lambda_i = sum_i lambda_i.
+    Directions outside the training latents' span (N <= D) weigh as the floor direction.
 
     power 0 gives w = 1 and the plain per-sample MSE. Buffers are not saved: the metric is rebuilt from the data.
     """
 
     def __init__(self, latents: torch.Tensor, power: float) -> None:
         super().__init__()
-        x = latents.double().flatten(1)  # [N, D], tokenizer-normalised
-        x = x - x.mean(0, keepdim=True)
-        cov = x.T @ x / max(x.shape[0] - 1, 1)
-        lam, basis = torch.linalg.eigh(cov)  # ascending
-        lam, basis = lam.flip(0).clamp(min=0.0), basis.flip(1)
+        y = latents.flatten(1).double()  # [N, D], tokenizer-normalised
+        mean, axes = principal_axes(y)  # axes [r, D], r = min(N, D), by falling variance
+        lam = ((y - mean) @ axes.T).var(dim=0)  # [r]: the variance along each axis
         share = lam.cumsum(0) / lam.sum().clamp(min=1e-30)
         q = int(torch.searchsorted(share, torch.tensor(WHITEN_FLOOR_VARIANCE, dtype=share.dtype)).clamp(max=len(lam) - 1))
-        floored = lam.clamp(min=float(lam[q]) if lam[q] > 0 else 1e-12)
-        w = floored.pow(-power)
-        w = w * lam.sum() / (w * lam).sum().clamp(min=1e-30)
-        self.power = power
-        self.register_buffer("basis", basis.float(), persistent=False)  # [D, D], columns u_i
-        self.register_buffer("weights", w.float(), persistent=False)  # [D]
-        self.register_buffer("variance", lam.float(), persistent=False)  # [D]
+        floor = float(lam[q]) if lam[q] > 0 else 1e-12
+        w = lam.clamp(min=floor).pow(-power)
+        scale = lam.sum() / (w * lam).sum().clamp(min=1e-30)  # the rest of the space holds no training variance
+        self.register_buffer("basis", axes.T.float(), persistent=False)  # [D, r], columns u_i
+        self.register_buffer("weights", (w * scale).float(), persistent=False)  # [r]
+        self.register_buffer("rest_weight", (floor ** -power * scale).float(), persistent=False)  # outside the span
+        self.register_buffer("variance", lam.float(), persistent=False)  # [r]
 
     def forward(self, err: torch.Tensor) -> torch.Tensor:
         """Errors [B, ...] -> per-sample weighted mean square [B]."""
         e = err.float().flatten(1)
-        return (e @ self.basis).pow(2).mul(self.weights).mean(1)
+        along = (e @ self.basis).pow(2)  # [B, r]
+        rest = (e.pow(2).sum(1) - along.sum(1)).clamp(min=0.0)
+        return ((along * self.weights).sum(1) + self.rest_weight * rest) / e.shape[1]
 
 
 def latent_metric_for(dataset: StoreDataset, tokenizer: LoSTTokenizer, power: float) -> LatentMetric:
