@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..errors import DataError
 from .loader import StoreDataset
 from .store import DatasetStore
@@ -35,3 +37,10 @@ def open_latents(root: str | Path, split: str | None = "train") -> tuple[StoreDa
         if not isinstance(stats.get(key), list):
             raise DataError(f"{root / LATENTS / 'stats.json'}: no per-channel '{key}' list")
     return StoreDataset(root, ["z"], split=split, table=LATENTS), stats
+
+
+def principal_axes(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [1, F], principal axes [min(N, F), F], rows by falling variance) of flattened latents [N, ...]."""
+    y = train_x.flatten(1).double()
+    mean = y.mean(dim=0, keepdim=True)
+    return mean, torch.linalg.svd(y - mean, full_matrices=False).Vh

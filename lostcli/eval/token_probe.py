@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.latents import LATENTS, require_latents
+from ..data.latents import LATENTS, principal_axes, require_latents
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
 from ..models.flow import noised, predict_x0, sample_latents
@@ -100,13 +100,6 @@ def probe_nmse(train_tokens: torch.Tensor, train_x: torch.Tensor, tokens: torch.
         lam = RIDGE_LAMBDAS[len(RIDGE_LAMBDAS) // 2]
     err = ((ridge_predict(f_ev, ridge_fit(f_tr, y_tr, lam)) - y_ev) ** 2).mean().item()
     return err / var, lam
-
-
-def principal_axes(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean [1, F], principal axes [min(N, F), F], rows by falling variance) of flattened latents [N, ...]."""
-    y = train_x.flatten(1).double()
-    mean = y.mean(dim=0, keepdim=True)
-    return mean, torch.linalg.svd(y - mean, full_matrices=False).Vh
 
 
 def pca_nmse(mean: torch.Tensor, axes: torch.Tensor, x: torch.Tensor, n: int, var: float) -> float:

@@ -27,9 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import OptimConfig, TrainConfig, to_dict
+from ..data.latents import principal_axes
 from ..data.loader import StoreDataset
 from ..errors import ConfigError
-from ..eval.token_probe import principal_axes
 from ..models.flow import KINDS, PREDICTION, PREDICTIONS, TIME_SAMPLING, noised, predict_x0, sample_u
 from ..models.lost import KEEP_MODES, LoSTTokenizer, build_tokenizer
 from ..models.rida import RidaStudent
