@@ -155,7 +155,10 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
 
     weight = [] if opts.semantic_weight is None else ["--set", f"tokenizer.semantic_weight={opts.semantic_weight:g}"]
     sem = ["--rida", str(d / "rida" / "export"), *weight]  # the recipe's semantic loss (on by default)
-    nosem = ["--set", "tokenizer.semantic_weight=0", "--set", "tokenizer.repa_weight=0"]  # the ablation
+    # the ablation: every term that runs the RIDA student off (lostcli.train.tokenizer.STUDENT_WEIGHTS; not
+    # imported: the demo stays free of torch)
+    nosem = [a for name in ("semantic_weight", "semantic_x0_weight", "repa_weight")
+             for a in ("--set", f"tokenizer.{name}=0")]
     return [
         Stage("synth", "built-in dataset", ["dataset", "synth", "--out", str(d / "synth"), "--n", str(opts.n),
                                             "--seed", str(opts.seed), "--workers", "2"], [d / "synth" / "metadata.jsonl"]),

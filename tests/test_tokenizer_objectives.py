@@ -12,7 +12,7 @@ from lostcli.models.flow import make_scheduler, noised, predict_x0, sample_laten
 from lostcli.models.lost import LoSTConfig, LoSTTokenizer
 from lostcli.models.rida import build_student
 from lostcli.train.tokenizer import (LatentMetric, TokenizerObjectiveConfig, TokenizerTask, semantic_loss,
-                                     student_tokens_on_grid)
+                                     student_tokens_on_grid, uses_student_for)
 
 SHAPE = [4, 4, 12]  # three 4 x 4 planes side by side
 TINY = dict(latent_shape=SHAPE, patch_size=2, enc_width=32, enc_depth=1, enc_heads=2, num_registers=8,
@@ -37,8 +37,7 @@ def _task(prediction: str = "auto", **objective) -> TokenizerTask:
     with torch.no_grad():  # off the adaLN-Zero init, so the output depends on x_t, t and the tokens
         for p in tokenizer.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    uses = obj.semantic_weight > 0 or obj.repa_weight > 0
-    return TokenizerTask(tokenizer, obj, _student() if uses else None)
+    return TokenizerTask(tokenizer, obj, _student() if uses_student_for(obj) else None)
 
 
 # -- x0 prediction and the sampler ----------------------------------------------------------------------
@@ -185,6 +184,22 @@ def test_semantic_loss_with_no_eligible_sample_is_zero_and_connected():
 # -- full-noise regression -------------------------------------------------------------------------------
 
 
+def _replay_full_noise(task: TokenizerTask, z: torch.Tensor, seed: int):
+    """Replays a flow step's draws from `seed` (the denoising pass's, then the full-noise pass's noise) and returns
+    the normalised latents, the CFG drops and the full-noise pass's clean-latent estimate (no gradient)."""
+    tok, n = task.tokenizer, z.shape[0]
+    torch.manual_seed(seed)
+    x0 = tok.normalize(z)
+    tokens = tok.encode(x0)
+    keep, drop = tok.sample_keep(n, nested=True), tok.sample_drop(n)
+    target = tok.config.prediction
+    noised("flow", x0, torch.randn_like(x0), sample_u(n, "logit_normal"), prediction=target)
+    noise = torch.randn_like(x0)
+    with torch.no_grad():  # sigma = 1: x_t is the noise itself, x0_hat = noise - v (velocity) or the output
+        pred = tok.decode(tokens, keep, noise, torch.ones(n), drop)
+    return x0, drop, noise - pred if target == "velocity" else pred
+
+
 @pytest.mark.parametrize("prediction", ["auto", "sample"])
 def test_full_noise_regression_by_hand(prediction):
     task = _task(prediction, x0_weight=0.7)
@@ -193,18 +208,8 @@ def test_full_noise_regression_by_hand(prediction):
     z = torch.randn(8, *SHAPE)
     torch.manual_seed(3)
     out = task({"z": z})
-    torch.manual_seed(3)  # replay: the denoising pass's draws, then the regression pass's noise
-    x0 = tok.normalize(z)
-    tokens = tok.encode(x0)
-    keep, drop = tok.sample_keep(8, nested=True), tok.sample_drop(8)
-    target = tok.config.prediction
-    u = sample_u(8, "logit_normal")
-    noised("flow", x0, torch.randn_like(x0), u, prediction=target)
-    noise = torch.randn_like(x0)
-    with torch.no_grad():  # sigma = 1: x_t is the noise itself, x0_hat = noise - v (velocity) or the output
-        pred = tok.decode(tokens, keep, noise, torch.ones(8), drop)
-        x0_hat = noise - pred if target == "velocity" else pred
-        err = (x0_hat - x0).pow(2).flatten(1).mean(1)
+    x0, drop, x0_hat = _replay_full_noise(task, z, seed=3)
+    err = (x0_hat - x0).pow(2).flatten(1).mean(1)
     assert 0 < int(drop.sum()) < 8
     want = err[~drop].mean()
     assert float(out["x0_regress"]) == pytest.approx(float(want), rel=1e-5)
@@ -220,6 +225,38 @@ def test_full_noise_regression_by_hand(prediction):
     with pytest.raises(ConfigError, match="tokenizer.x0_weight"):  # epsilon at pure noise: ill-posed
         TokenizerTask(LoSTTokenizer(LoSTConfig(**TINY, prediction="epsilon")),
                       TokenizerObjectiveConfig(scheduler="ddpm", semantic_weight=0.0, x0_weight=1.0))
+
+
+@pytest.mark.parametrize("x0_weight,first", [(0.0, 0), (0.4, 0), (0.4, 2)])
+def test_semantic_loss_on_the_full_noise_estimate_by_hand(x0_weight, first):
+    """semantic_x0_weight: the semantic loss on the full-noise pass's x0 estimate, dropped samples left out (and
+    only the first `semantic_batch` of the rest when set); the pass runs for it alone when x0_weight is 0."""
+    task = _task(x0_weight=x0_weight, semantic_x0_weight=0.3, semantic_batch=first)
+    tok, student = task.tokenizer, task.student
+    tok.config.cfg_drop_prob = 0.5
+    z = torch.randn(8, *SHAPE)
+    torch.manual_seed(5)
+    out = task({"z": z})
+    x0, drop, x0_hat = _replay_full_noise(task, z, seed=5)
+    with torch.no_grad():
+        idx = (~drop).nonzero().flatten()[:first or None]
+        want = semantic_loss(student, tok, x0_hat[idx], x0[idx])
+        everyone = semantic_loss(student, tok, x0_hat, x0)
+        regress = (x0_hat - x0).pow(2).flatten(1).mean(1)[~drop].mean()
+    assert 0 < int(drop.sum()) < 8 - max(first, 1) and abs(float(want) - float(everyone)) > 1e-5
+    assert float(out["semantic_x0"]) == pytest.approx(float(want), rel=1e-5)
+    assert ("x0_regress" in out) == (x0_weight > 0)
+    total = float(out["denoise"]) + 0.3 * float(want) + x0_weight * float(regress)
+    assert float(out["loss"].detach()) == pytest.approx(total, rel=1e-5)
+    out["loss"].backward()
+    assert tok.encoder.to_tokens.weight.grad.abs().sum() > 0
+    tok.config.cfg_drop_prob = 1.0  # every sample dropped: 0, still in the graph
+    out = task({"z": z})
+    assert float(out["semantic_x0"]) == 0.0 and out["loss"].requires_grad
+    with pytest.raises(ConfigError, match="tokenizer.semantic_x0_weight: must be >= 0"):
+        _task(semantic_x0_weight=-0.1)
+    with pytest.raises(ConfigError, match="tokenizer.semantic_x0_weight: 0.3 needs the RIDA student"):
+        TokenizerTask(tok, TokenizerObjectiveConfig(semantic_weight=0.0, semantic_x0_weight=0.3))
 
 
 # -- the spectral metric (loss_whiten) -----------------------------------------------------------------

@@ -69,6 +69,11 @@ class TokenizerObjectiveConfig:
     semantic_form: str = "spatial"
     semantic_max_t: float = 1.0  # only samples at time t <= this (flow sigma / DDPM fraction) count; 1: all (authors)
     semantic_skip_dropped: bool = False  # leave CFG-dropped samples out (their x0 estimate ignores the tokens)
+    # weight of the same semantic loss on the full-noise pass's clean-latent estimate (the pass of `x0_weight`, run
+    # for this term alone when x0_weight is 0), over the samples that see their tokens; 0: off (the paper). At full
+    # noise the estimate depends on the kept tokens alone, and a decode at temperature 0 starts from it, so this is
+    # where a short prefix's semantics are decided; the denoising-pass term gated at `semantic_max_t` never sees it.
+    semantic_x0_weight: float = 0.0
     # REPA-style alignment (FlexTok, REPA): 1 - cos between an MLP projection of decoder block `repa_layer`'s patch
     # states and the frozen student's spatial tokens of the clean x0, mean over patches; 0: off. The projector is
     # trained with the decoder and dropped from the export.
@@ -83,8 +88,8 @@ class TokenizerObjectiveConfig:
     # mean stays unbiased): 0 = all. Its extra decoder pass costs 40% of a tiny step on a CPU (1.04 s against
     # 0.63 s at one thread, batch 32); with 8 of 32 it costs a quarter of that.
     x0_batch: int = 0
-    # samples per batch the semantic loss sees (the batch's first n; batches are drawn at random, so the mean
-    # stays unbiased): 0 = all. The frozen student's forward + backward costs about as much as a tiny tokenizer
+    # samples per batch each semantic term sees (the first n of those it applies to; batches are drawn at random, so
+    # the mean stays unbiased): 0 = all. The frozen student's forward + backward costs about as much as a tiny tokenizer
     # step on a CPU. With 8 of 32, 2000 tiny steps took 633 s with lambda = 1 against 596 s without the loss
     # (4-d tokens, 2 threads).
     semantic_batch: int = 0
@@ -136,6 +141,9 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
         ("tokenizer.semantic_batch", cfg.semantic_batch >= 0, "must be >= 0 (0 = the whole batch)"),
         ("tokenizer.semantic_form", cfg.semantic_form in SEMANTIC_FORMS, f"must be one of {list(SEMANTIC_FORMS)}"),
         ("tokenizer.semantic_max_t", 0.0 < cfg.semantic_max_t <= 1.0, "must be in (0, 1]"),
+        ("tokenizer.semantic_x0_weight", cfg.semantic_x0_weight >= 0 and (
+            cfg.semantic_x0_weight == 0 or cfg.scheduler == "flow" or cfg.prediction == "sample"),
+         "must be >= 0; > 0 needs scheduler flow or prediction sample"),
         ("tokenizer.repa_weight", cfg.repa_weight >= 0, "must be >= 0"),
         ("tokenizer.x0_weight", cfg.x0_weight >= 0 and (cfg.x0_weight == 0 or cfg.scheduler == "flow"
                                                         or cfg.prediction == "sample"),
@@ -206,6 +214,14 @@ def load_student(path: str | Path, latent_shape: list[int]) -> RidaStudent:
 def student_input(student: RidaStudent, tokenizer: LoSTTokenizer, z: torch.Tensor) -> torch.Tensor:
     """Tokenizer-normalised latents -> raw (tokenizer statistics) -> the student's own normalisation."""
     return student.normalize(tokenizer.denormalize(z))
+
+
+STUDENT_WEIGHTS = ("semantic_weight", "semantic_x0_weight", "repa_weight")  # the terms that need the RIDA student
+
+
+def uses_student_for(objective: TokenizerObjectiveConfig) -> bool:
+    """Whether any term of these settings runs the frozen RIDA student."""
+    return any(getattr(objective, name) > 0 for name in STUDENT_WEIGHTS)
 
 
 def semantic_loss(student: RidaStudent, tokenizer: LoSTTokenizer, x0_hat: torch.Tensor, x0: torch.Tensor,
@@ -309,7 +325,7 @@ class TokenizerTask(Task):
     Args:
         tokenizer: the model to train (latent statistics already set).
         objective: the `tokenizer.*` settings.
-        student: the frozen RIDA student; required when `objective.semantic_weight` > 0, ignored otherwise.
+        student: the frozen RIDA student; required when a term in `STUDENT_WEIGHTS` is on, ignored otherwise.
         run_config: the resolved run config, stored in the export.
         rida_info: where the student came from (stored in the export).
         metric: the spectral metric of the latent errors; required when `objective.loss_whiten` > 0.
@@ -323,7 +339,7 @@ class TokenizerTask(Task):
         if tokenizer.config.prediction != decoder_target(objective):
             raise ConfigError(f"tokenizer.prediction: these settings train a decoder predicting "
                               f"{decoder_target(objective)!r}, the model predicts {tokenizer.config.prediction!r}")
-        for name in ("semantic_weight", "repa_weight"):
+        for name in STUDENT_WEIGHTS:
             if getattr(objective, name) > 0 and student is None:
                 raise ConfigError(f"tokenizer.{name}: {getattr(objective, name)} needs the RIDA student "
                                   f"(--rida RIDA_EXPORT), or set tokenizer.{name}=0")
@@ -336,7 +352,7 @@ class TokenizerTask(Task):
         self.cfg = objective
         self.metric = metric if objective.loss_whiten > 0 else None  # training only, not exported
         # frozen inside the task: excluded from the optimizer and EMA (requires_grad False), saved in checkpoints
-        uses_student = objective.semantic_weight > 0 or objective.repa_weight > 0
+        uses_student = uses_student_for(objective)
         self.student = student.requires_grad_(False).eval() if uses_student else None
         self.projector = (RepaProjector(tokenizer.config.dec_width, student.config.out_dim)
                           if objective.repa_weight > 0 else None)
@@ -378,10 +394,14 @@ class TokenizerTask(Task):
             semantic = self._semantic(x0, x_t, t, pred, drop)
             loss = loss + cfg.semantic_weight * semantic
             out["semantic"] = semantic.detach()
-        if cfg.x0_weight > 0:
-            regress = self._full_noise_regression(x0, tokens, keep, drop)
-            loss = loss + cfg.x0_weight * regress
-            out["x0_regress"] = regress.detach()
+        if cfg.x0_weight > 0 or cfg.semantic_x0_weight > 0:
+            regress, semantic_x0 = self._full_noise_terms(x0, tokens, keep, drop)
+            if cfg.x0_weight > 0:
+                loss = loss + cfg.x0_weight * regress
+                out["x0_regress"] = regress.detach()
+            if semantic_x0 is not None:
+                loss = loss + cfg.semantic_x0_weight * semantic_x0
+                out["semantic_x0"] = semantic_x0.detach()
         if hidden is not None:
             with torch.no_grad():
                 ref = self.student.forward_features(student_input(self.student, tok, x0))[1]  # [B, N_s, D_s]
@@ -391,11 +411,12 @@ class TokenizerTask(Task):
             out["repa"] = repa.detach()
         return {"loss": loss, **out}
 
-    def _full_noise_regression(self, x0: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
-                               drop: torch.Tensor) -> torch.Tensor:
-        """MSE of the decoder's clean-latent estimate at pure noise against x0, over the samples that see
-        their tokens (same prefixes as the denoising pass; the first `x0_batch` of the batch when set); 0 (still
-        in the graph) when every sample is dropped."""
+    def _full_noise_terms(self, x0: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
+                          drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One decoder pass at pure noise (the same prefixes as the denoising pass; the first `x0_batch` of the
+        batch when set), scored over the samples that see their tokens: the MSE of its clean-latent estimate
+        against x0, and the semantic loss on that estimate (at most `semantic_batch` of them; None when
+        `semantic_x0_weight` is 0). Each is 0, still in the graph, when every sample is dropped."""
         cfg, tok = self.cfg, self.tokenizer
         if cfg.x0_batch:
             n = cfg.x0_batch
@@ -407,7 +428,15 @@ class TokenizerTask(Task):
         x0_hat = predict_x0(cfg.scheduler, x_t, t, pred, cfg.num_train_timesteps, tok.config.prediction)
         err = self._sq_err(x0_hat.float() - x0.float())  # [B]
         use = (~drop).float()
-        return (err * use).sum() / use.sum().clamp(min=1.0)
+        regress = (err * use).sum() / use.sum().clamp(min=1.0)
+        if cfg.semantic_x0_weight == 0:
+            return regress, None
+        idx = (~drop).nonzero().flatten()
+        if cfg.semantic_batch:
+            idx = idx[:cfg.semantic_batch]
+        if len(idx) == 0:
+            return regress, x0_hat.sum() * 0.0
+        return regress, semantic_loss(self.student, tok, x0_hat[idx], x0[idx], cfg.semantic_form)
 
     def _sq_err(self, err: torch.Tensor, term: str = "x0") -> torch.Tensor:
         """Per-sample mean square of latent errors [B, ...] -> [B], under the spectral metric when it is on."""
@@ -448,7 +477,7 @@ class TokenizerTask(Task):
 def check_run(cfg: TokenizerRunConfig) -> None:
     """The `tokenizer.*` checks, and a RIDA student named whenever the semantic loss is on."""
     check_objective(cfg.tokenizer)
-    for name in ("semantic_weight", "repa_weight"):
+    for name in STUDENT_WEIGHTS:
         if getattr(cfg.tokenizer, name) > 0 and cfg.rida is None:
             raise ConfigError(f"tokenizer.{name}: {getattr(cfg.tokenizer, name)} needs the RIDA student "
                               f"(--rida RIDA_EXPORT), or set tokenizer.{name}=0")
@@ -463,7 +492,7 @@ def build_task(cfg: TokenizerRunConfig, dataset: StoreDataset, stats: dict) -> T
     latent_shape = [int(v) for v in dataset[0]["z"].shape]
     tokenizer = build_tokenizer_for(cfg, latent_shape, stats)
     student, info = None, None
-    if cfg.tokenizer.semantic_weight > 0 or cfg.tokenizer.repa_weight > 0:
+    if uses_student_for(cfg.tokenizer):
         student = load_student(cfg.rida, latent_shape)
         info = {"path": str(cfg.rida), "preset": student.preset, "teacher": student.extra_config.get("teacher"),
                 "objective": student.extra_config.get("objective")}
