@@ -153,7 +153,10 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
                                                   "--out", str(out)],
                      [out / "bundle.json", out / "tokenizer" / "model.safetensors"], needs=needs)
 
-    weight = [] if opts.semantic_weight is None else ["--set", f"tokenizer.semantic_weight={opts.semantic_weight:g}"]
+    # --semantic-weight W: both terms of the semantic loss (the gated denoising one and the full-noise one) at W
+    weight = [] if opts.semantic_weight is None else [
+        a for name in ("semantic_weight", "semantic_x0_weight")
+        for a in ("--set", f"tokenizer.{name}={opts.semantic_weight:g}")]
     sem = ["--rida", str(d / "rida" / "export"), *weight]  # the recipe's semantic loss (on by default)
     # the ablation: every term that runs the RIDA student off (lostcli.train.tokenizer.STUDENT_WEIGHTS; not
     # imported: the demo stays free of torch)

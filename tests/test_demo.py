@@ -168,7 +168,8 @@ def test_plan_settings(tmp_path):
     assert _parse(samples.args).params["n"] == 4
     assert samples.files[opts.out / "samples" / "prompts.txt"].splitlines()[0] == "a round table with a single pedestal leg"
     weighted = {s.name: s for s in build_plan(_opts(tmp_path, semantic_weight=0.5))}
-    assert "tokenizer.semantic_weight=0.5" in _parse(weighted["tokenizer"].args).params["sets"]
+    sets = _parse(weighted["tokenizer"].args).params["sets"]
+    assert "tokenizer.semantic_weight=0.5" in sets and "tokenizer.semantic_x0_weight=0.5" in sets
     quick = {s.name: s for s in build_plan(_opts(tmp_path, n=72, quick=True))}
     for name in ("vae", "teacher", "rida", "rida_reg", "classifier", "tokenizer", "tokenizer_nosem", "gpt"):
         assert "train.steps=2" in _parse(quick[name].args).params["sets"], name

@@ -290,9 +290,15 @@ def test_cli_train_writes_an_export(store, rida_export, tmp_path):
 
 
 def test_cli_without_semantic_loss_needs_no_rida(store, tmp_path):
-    _run("train", "--data", store, "--out", tmp_path / "plain", *COMMON, "--set", "tokenizer.semantic_weight=0")
+    # the tiny recipe's semantic loss has two terms (the gated denoising one and the full-noise one): both off
+    with pytest.raises(ConfigError, match="tokenizer.semantic_x0_weight: 0.1 needs the RIDA student"):
+        CliRunner().invoke(tokenizer_cli.app, ["train", "--data", str(store), "--out", str(tmp_path / "half"),
+                                               *map(str, COMMON), "--set", "tokenizer.semantic_weight=0"],
+                           catch_exceptions=False)
+    _run("train", "--data", store, "--out", tmp_path / "plain", *COMMON, "--set", "tokenizer.semantic_weight=0",
+         "--set", "tokenizer.semantic_x0_weight=0")
     rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and "semantic" not in rows[0] and "denoise" in rows[0]
+    assert len(rows) == 4 and "semantic" not in rows[0] and "semantic_x0" not in rows[0] and "denoise" in rows[0]
     meta = json.loads((tmp_path / "plain" / "export" / "config.json").read_text())
     assert meta["rida"] is None
 

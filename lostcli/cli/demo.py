@@ -16,7 +16,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (resumable: rerun to continue).")] = Path("runs/demo"),
     n: Annotated[Optional[int], typer.Option("--n", help="Shapes in the built-in dataset (default 1008; 72 with --quick).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: 72 shapes, 2 training steps per stage, tiny evaluations.")] = False,
-    semantic_weight: Annotated[Optional[float], typer.Option("--semantic-weight", help="Tokenizer semantic loss weight (default: the tiny recipe's; the no_semantic ablation is trained beside it).")] = None,
+    semantic_weight: Annotated[Optional[float], typer.Option("--semantic-weight", help="Tokenizer semantic loss weight, both terms (default: the tiny recipe's; the no_semantic ablation is trained beside it).")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Stages run side by side once their inputs exist; the CPU threads are split among them.")] = 2,
     recipes: Annotated[Optional[Path], typer.Option("--recipes", help="Folder of the tiny recipes (default: the repository's recipes/tiny).")] = None,
 ) -> None:

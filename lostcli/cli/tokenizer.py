@@ -25,8 +25,9 @@ def train(data: DataOpt, out: OutOpt, recipe: RecipeOpt = None, rida: RidaOpt = 
           resume: ResumeOpt = False) -> None:
     """Train the tokenizer on the dataset's latents: L_denoise + lambda (1 - cos(f(x0_hat), f(x0))).
 
-    Needs the `latents` table (lost dataset latents) and, unless --set tokenizer.semantic_weight=0, a RIDA
-    student. Nested dropout starts after tokenizer.nest_after epochs.
+    Needs the `latents` table (lost dataset latents) and, unless every term that uses it is off (the tiny recipe:
+    --set tokenizer.semantic_weight=0 --set tokenizer.semantic_x0_weight=0), a RIDA student. Nested dropout
+    starts after tokenizer.nest_after epochs.
     Example: lost tokenizer train --recipe recipes/tiny/tokenizer.yaml --data prepared --rida runs/rida --out runs/tok
     """
     from ..config import to_dict
