@@ -153,15 +153,13 @@ def build_plan(opts: DemoOptions) -> list[Stage]:
                                                   "--out", str(out)],
                      [out / "bundle.json", out / "tokenizer" / "model.safetensors"], needs=needs)
 
-    # --semantic-weight W: both terms of the semantic loss (the gated denoising one and the full-noise one) at W
+    from .train.tokenizer import SEMANTIC_WEIGHTS, STUDENT_WEIGHTS
+
+    # --semantic-weight W sets both terms of the semantic loss; the ablation turns off every term using the student
     weight = [] if opts.semantic_weight is None else [
-        a for name in ("semantic_weight", "semantic_x0_weight")
-        for a in ("--set", f"tokenizer.{name}={opts.semantic_weight:g}")]
+        a for name in SEMANTIC_WEIGHTS for a in ("--set", f"tokenizer.{name}={opts.semantic_weight:g}")]
     sem = ["--rida", str(d / "rida" / "export"), *weight]  # the recipe's semantic loss (on by default)
-    # the ablation: every term that runs the RIDA student off (lostcli.train.tokenizer.STUDENT_WEIGHTS; not
-    # imported: the demo stays free of torch)
-    nosem = [a for name in ("semantic_weight", "semantic_x0_weight", "repa_weight")
-             for a in ("--set", f"tokenizer.{name}=0")]
+    nosem = [a for name in STUDENT_WEIGHTS for a in ("--set", f"tokenizer.{name}=0")]
     return [
         Stage("synth", "built-in dataset", ["dataset", "synth", "--out", str(d / "synth"), "--n", str(opts.n),
                                             "--seed", str(opts.seed), "--workers", "2"], [d / "synth" / "metadata.jsonl"]),

@@ -127,6 +127,7 @@ class TokenizerRunConfig:
 
 def check_objective(cfg: TokenizerObjectiveConfig) -> None:
     """Reject settings the stage cannot use, naming the dotted path."""
+    full_noise_ok = cfg.scheduler == "flow" or cfg.prediction == "sample"  # epsilon at pure noise: ill-posed
     checks = [
         ("tokenizer.scheduler", cfg.scheduler in KINDS, f"must be one of {list(KINDS)}"),
         ("tokenizer.prediction", cfg.prediction == "auto" or cfg.prediction in PREDICTIONS.get(cfg.scheduler, ()),
@@ -141,12 +142,10 @@ def check_objective(cfg: TokenizerObjectiveConfig) -> None:
         ("tokenizer.semantic_batch", cfg.semantic_batch >= 0, "must be >= 0 (0 = the whole batch)"),
         ("tokenizer.semantic_form", cfg.semantic_form in SEMANTIC_FORMS, f"must be one of {list(SEMANTIC_FORMS)}"),
         ("tokenizer.semantic_max_t", 0.0 < cfg.semantic_max_t <= 1.0, "must be in (0, 1]"),
-        ("tokenizer.semantic_x0_weight", cfg.semantic_x0_weight >= 0 and (
-            cfg.semantic_x0_weight == 0 or cfg.scheduler == "flow" or cfg.prediction == "sample"),
+        ("tokenizer.semantic_x0_weight", cfg.semantic_x0_weight >= 0 and (cfg.semantic_x0_weight == 0 or full_noise_ok),
          "must be >= 0; > 0 needs scheduler flow or prediction sample"),
         ("tokenizer.repa_weight", cfg.repa_weight >= 0, "must be >= 0"),
-        ("tokenizer.x0_weight", cfg.x0_weight >= 0 and (cfg.x0_weight == 0 or cfg.scheduler == "flow"
-                                                        or cfg.prediction == "sample"),
+        ("tokenizer.x0_weight", cfg.x0_weight >= 0 and (cfg.x0_weight == 0 or full_noise_ok),
          "must be >= 0; > 0 needs scheduler flow or prediction sample"),
         ("tokenizer.x0_batch", cfg.x0_batch >= 0, "must be >= 0 (0 = the whole batch)"),
         ("tokenizer.repa_layer", cfg.repa_layer >= 1, "must be >= 1 (a decoder block)"),
@@ -216,12 +215,21 @@ def student_input(student: RidaStudent, tokenizer: LoSTTokenizer, z: torch.Tenso
     return student.normalize(tokenizer.denormalize(z))
 
 
-STUDENT_WEIGHTS = ("semantic_weight", "semantic_x0_weight", "repa_weight")  # the terms that need the RIDA student
+SEMANTIC_WEIGHTS = ("semantic_weight", "semantic_x0_weight")  # the semantic loss's two terms
+STUDENT_WEIGHTS = (*SEMANTIC_WEIGHTS, "repa_weight")  # the terms that need the RIDA student
 
 
 def uses_student_for(objective: TokenizerObjectiveConfig) -> bool:
     """Whether any term of these settings runs the frozen RIDA student."""
     return any(getattr(objective, name) > 0 for name in STUDENT_WEIGHTS)
+
+
+def require_student(objective: TokenizerObjectiveConfig, present: bool) -> None:
+    """ConfigError naming the first term that needs the RIDA student when none is given."""
+    for name in STUDENT_WEIGHTS:
+        if getattr(objective, name) > 0 and not present:
+            raise ConfigError(f"tokenizer.{name}: {getattr(objective, name)} needs the RIDA student "
+                              f"(--rida RIDA_EXPORT), or set tokenizer.{name}=0")
 
 
 def semantic_loss(student: RidaStudent, tokenizer: LoSTTokenizer, x0_hat: torch.Tensor, x0: torch.Tensor,
@@ -339,10 +347,7 @@ class TokenizerTask(Task):
         if tokenizer.config.prediction != decoder_target(objective):
             raise ConfigError(f"tokenizer.prediction: these settings train a decoder predicting "
                               f"{decoder_target(objective)!r}, the model predicts {tokenizer.config.prediction!r}")
-        for name in STUDENT_WEIGHTS:
-            if getattr(objective, name) > 0 and student is None:
-                raise ConfigError(f"tokenizer.{name}: {getattr(objective, name)} needs the RIDA student "
-                                  f"(--rida RIDA_EXPORT), or set tokenizer.{name}=0")
+        require_student(objective, student is not None)
         if objective.repa_weight > 0 and objective.repa_layer > tokenizer.config.dec_depth:
             raise ConfigError(f"tokenizer.repa_layer: {objective.repa_layer} is past the decoder's "
                               f"{tokenizer.config.dec_depth} blocks")
@@ -429,14 +434,7 @@ class TokenizerTask(Task):
         err = self._sq_err(x0_hat.float() - x0.float())  # [B]
         use = (~drop).float()
         regress = (err * use).sum() / use.sum().clamp(min=1.0)
-        if cfg.semantic_x0_weight == 0:
-            return regress, None
-        idx = (~drop).nonzero().flatten()
-        if cfg.semantic_batch:
-            idx = idx[:cfg.semantic_batch]
-        if len(idx) == 0:
-            return regress, x0_hat.sum() * 0.0
-        return regress, semantic_loss(self.student, tok, x0_hat[idx], x0[idx], cfg.semantic_form)
+        return regress, self._semantic_over(~drop, x0_hat, x0) if cfg.semantic_x0_weight > 0 else None
 
     def _sq_err(self, err: torch.Tensor, term: str = "x0") -> torch.Tensor:
         """Per-sample mean square of latent errors [B, ...] -> [B], under the spectral metric when it is on."""
@@ -446,21 +444,23 @@ class TokenizerTask(Task):
 
     def _semantic(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor,
                   drop: torch.Tensor) -> torch.Tensor:
-        """The semantic loss over the samples it applies to: t <= semantic_max_t, not CFG-dropped when
-        semantic_skip_dropped, at most the first `semantic_batch` of those (random draws: an unbiased mean).
-        A batch with none of them contributes 0 (still connected to the graph, so DDP sees every gradient)."""
-        cfg, tok = self.cfg, self.tokenizer
+        """The denoising pass's semantic term, over the samples at t <= semantic_max_t (and not CFG-dropped when
+        semantic_skip_dropped)."""
+        cfg = self.cfg
         use = t <= cfg.semantic_max_t
         if cfg.semantic_skip_dropped:
             use = use & ~drop
-        idx = use.nonzero().flatten()
-        if cfg.semantic_batch:
-            idx = idx[:cfg.semantic_batch]
+        x0_hat = predict_x0(cfg.scheduler, x_t, t, pred, cfg.num_train_timesteps, self.tokenizer.config.prediction)
+        return self._semantic_over(use, x0_hat, x0)
+
+    def _semantic_over(self, use: torch.Tensor, x0_hat: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The semantic loss over the first `semantic_batch` of the samples in `use` [B] bool (all when 0; random
+        draws, so an unbiased mean). With none of them it is 0, still connected to the graph, so DDP sees every
+        gradient."""
+        idx = use.nonzero().flatten()[:self.cfg.semantic_batch or None]
         if len(idx) == 0:
-            return pred.sum() * 0.0
-        x0_hat = predict_x0(cfg.scheduler, x_t[idx], t[idx], pred[idx], cfg.num_train_timesteps,
-                            tok.config.prediction)
-        return semantic_loss(self.student, tok, x0_hat, x0[idx], cfg.semantic_form)
+            return x0_hat.sum() * 0.0
+        return semantic_loss(self.student, self.tokenizer, x0_hat[idx], x0[idx], self.cfg.semantic_form)
 
     def sampling_defaults(self) -> dict[str, Any]:
         """What `flow.sample_latents` should use with this model (stored as "sampling" in config.json)."""
@@ -477,10 +477,7 @@ class TokenizerTask(Task):
 def check_run(cfg: TokenizerRunConfig) -> None:
     """The `tokenizer.*` checks, and a RIDA student named whenever the semantic loss is on."""
     check_objective(cfg.tokenizer)
-    for name in STUDENT_WEIGHTS:
-        if getattr(cfg.tokenizer, name) > 0 and cfg.rida is None:
-            raise ConfigError(f"tokenizer.{name}: {getattr(cfg.tokenizer, name)} needs the RIDA student "
-                              f"(--rida RIDA_EXPORT), or set tokenizer.{name}=0")
+    require_student(cfg.tokenizer, cfg.rida is not None)
 
 
 def build_task(cfg: TokenizerRunConfig, dataset: StoreDataset, stats: dict) -> TokenizerTask:
