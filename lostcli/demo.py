@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .config import THREADS_FILE_ENV
 from .errors import ConfigError, LostError
+from .eval.claims import check_claims, claims_table
 from .persist import atomic_write_text
 
 RECIPE_FILES = ("vae", "teacher", "rida", "classifier", "tokenizer", "gpt")  # recipes/tiny/<name>.yaml
@@ -516,12 +517,18 @@ def write_report(opts: DemoOptions, seconds: dict[str, float | None], wall: floa
              f"; tokenizer semantic loss weight {weight}, compared with the same tokenizer trained without it "
              f"(`no_semantic`). Command: `lost demo --out {opts.out} --n {opts.n}{' --quick' if opts.quick else ''}"
              f"{flag}`\n"]
+    reports, sections = {}, []
     for name in REPORTS:
         src = rep / name / f"{name}.json"
         if src.is_file():
             shutil.copyfile(src, rep / f"{name}.json")
+            reports[name] = json.loads(src.read_text())
         md = rep / name / f"{name}.md"
-        parts.append(_demote(md.read_text()) if md.is_file() else f"## {name}\n\n(missing: {md})\n")
+        sections.append(_demote(md.read_text()) if md.is_file() else f"## {name}\n\n(missing: {md})\n")
+    claims = check_claims(reports.get("recon"), reports.get("retrieval"), reports.get("gen"), wall)
+    parts.append("## What this run shows\n\nEach claim of the method against this run's own reports (the bars: "
+                 "docs/level-of-semantics.md, \"What the demo must show\").\n\n" + claims_table(claims))
+    parts += sections
     extras = [("reconstruction vs k", rep / "recon" / "recon_curve.png"),
               ("generations", rep / "gen" / "gen_grid.png"),
               ("samples", Path(opts.out) / "samples" / "grid.png")]

@@ -388,4 +388,4 @@ def test_quick_demo_end_to_end(tmp_path, request):
     gen = json.loads((out / "samples" / "generate.json").read_text())
     assert len(gen["samples"]) == 3
     md = (out / "report" / "report.md").read_text()
-    assert "Recall@3" in md and "| **total** |" in md
+    assert "Recall@3" in md and "| **sum of the stages** |" in md and "## What this run shows" in md
