@@ -34,6 +34,14 @@ GEN_VAE_SHARE = 0.75
 GUIDED_CFG = 3.0
 TIME_LIMIT_S = 45 * 60
 MISSING = "-"
+VAE_CLAIM = f"k = all within {VAE_RATIO:g}x of the VAE"
+SEMANTIC_CLAIM = f"semantic loss on vs off (k = {', '.join(map(str, SEMANTIC_KS))}; Chamfer at all)"
+GUIDANCE_CLAIM = f"cfg {GUIDED_CFG:g} beats cfg 1 on class accuracy"
+CEILING_CLAIM = f"cfg {GUIDED_CFG:g} class accuracy >= {GEN_VAE_SHARE:g}x the VAE's"
+
+
+def _class_claim(k: int) -> str:
+    return f"{k}-token class accuracy >= {CHANCE_MULTIPLE:g}x chance"
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,7 @@ def _interval(ci: list[float], scale: float = 1.0, fmt: str = "+.3f") -> str:
 
 def recon_claims(recon: dict | None) -> list[Claim]:
     """Chamfer vs k, the 1-token decodes, the VAE ratio and the semantic-loss comparison from recon.json."""
-    names = ["Chamfer falls with k", "k = all within 1.5x of the VAE", "1-token class accuracy >= 5x chance",
-             "class accuracy rises from k = 1 to all", "semantic loss on vs off (k = 1, 4; Chamfer at all)"]
+    names = ["Chamfer falls with k", VAE_CLAIM, _class_claim(1), "class accuracy rises from k = 1 to all", SEMANTIC_CLAIM]
     if recon is None:
         return [Claim(n, "no recon report", MISSING) for n in names]
     rows = {row["k"]: row for row in recon["rows"]}
@@ -76,10 +83,10 @@ def recon_claims(recon: dict | None) -> list[Claim]:
     first, last, vae = rows[ks[0]], rows[ks[-1]], rows.get("vae")
     if vae is not None:
         ratio = last["chamfer"] / vae["chamfer"]
-        claims.append(Claim.judged(names[1], f"{last['chamfer'] * 100:.3f} / {vae['chamfer'] * 100:.3f} = {ratio:.2f}x",
+        claims.append(Claim.judged(VAE_CLAIM, f"{last['chamfer'] * 100:.3f} / {vae['chamfer'] * 100:.3f} = {ratio:.2f}x",
                                    ratio <= VAE_RATIO))
     chance = recon["chance"]
-    claims.append(Claim.judged(f"{ks[0]}-token class accuracy >= 5x chance",
+    claims.append(Claim.judged(_class_claim(ks[0]),
                                f"{first['class_acc']:.3f} = {first['class_acc'] / chance:.1f}x chance ({chance:.3f})",
                                first["class_acc"] >= CHANCE_MULTIPLE * chance))
     claims.append(Claim.judged(f"class accuracy rises from k = {ks[0]} to all",
@@ -90,9 +97,9 @@ def recon_claims(recon: dict | None) -> list[Claim]:
 
 
 def _semantic_claim(comparison: dict | None, k_all: int) -> Claim:
-    """Class accuracy and feature similarity at k = 1 and 4 not below the other bundle's; Chamfer at k = all
-    within 10% of it."""
-    name = "semantic loss on vs off (k = 1, 4; Chamfer at all)"
+    """Class accuracy and feature similarity at each of SEMANTIC_KS not below the other bundle's; Chamfer at k = all
+    within SEMANTIC_CD_TOLERANCE of it."""
+    name = SEMANTIC_CLAIM
     if comparison is None:
         return Claim(name, "no comparison bundle in the recon report", MISSING)
     rows = {row["k"]: row for row in comparison["rows"]}
@@ -130,22 +137,22 @@ def retrieval_claims(retrieval: dict | None) -> list[Claim]:
 
 def gen_claims(gen: dict | None, recon: dict | None) -> list[Claim]:
     """Guidance helps (paired over the same prompts and seeds) and class accuracy against the VAE's ceiling."""
-    names = ["cfg 3 beats cfg 1 on class accuracy", "cfg 3 class accuracy >= 0.75x the VAE's"]
+    names = [GUIDANCE_CLAIM, CEILING_CLAIM]
     if gen is None:
         return [Claim(n, "no generation report", MISSING) for n in names]
     base = gen["rows"][0]  # every later row carries its paired change from the first
     guided = next((r for r in gen["rows"][1:] if float(r["cfg"]) == GUIDED_CFG), None)
     if float(base["cfg"]) != 1.0 or guided is None or None in (guided.get("class_acc_change_ci") or [None]):
         return [Claim(n, f"cfg {GUIDED_CFG:g} against cfg 1 not in the report", MISSING) for n in names]
-    claims = [Claim.judged(names[0], f"{base['class_acc']:.3f} -> {guided['class_acc']:.3f}, paired change "
+    claims = [Claim.judged(GUIDANCE_CLAIM, f"{base['class_acc']:.3f} -> {guided['class_acc']:.3f}, paired change "
                            f"{guided['class_acc_change']:+.3f} {_interval(guided['class_acc_change_ci'])}",
                            guided["class_acc_change_ci"][0] > 0)]
     vae = next((r for r in (recon or {}).get("rows", []) if r.get("k") == "vae"), None)
     if vae is None:
-        claims.append(Claim(names[1], "no VAE row in the recon report", MISSING))
+        claims.append(Claim(CEILING_CLAIM, "no VAE row in the recon report", MISSING))
     else:
         share = guided["class_acc"] / vae["class_acc"]
-        claims.append(Claim.judged(names[1], f"{guided['class_acc']:.3f} / {vae['class_acc']:.3f} = {share:.2f}x",
+        claims.append(Claim.judged(CEILING_CLAIM, f"{guided['class_acc']:.3f} / {vae['class_acc']:.3f} = {share:.2f}x",
                                    share >= GEN_VAE_SHARE))
     return claims
 
