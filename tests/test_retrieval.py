@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lostcli.errors import DataError
+from lostcli.errors import ConfigError, DataError
 from lostcli.eval.retrieval import (RetrievalSet, evaluate_embeddings, per_query_metrics, raw_embeddings,
                                    retrieval_metrics, retrieval_table, top_k_excluding_self, write_report)
 from lostcli.models.rida import build_student
@@ -107,6 +107,45 @@ def test_table_rows_carry_intervals_and_paired_ratio_to_raw():
         assert raw["map"] > 0 and rida["map_vs_raw"] == pytest.approx(rida["map"] / raw["map"])
         lo, hi = rida["map_vs_raw_ci"]
         assert lo < rida["map_vs_raw"] < hi  # 8 queries: a wide interval around the ratio
+
+
+def test_reference_student_gets_paired_differences():
+    data = _set()
+    torch.manual_seed(0)
+
+    def make():
+        student = build_student("rida_tiny", latent_channels=2, plane_res=2, width=16, depth=1, heads=2, out_dim=8)
+        student.set_latent_stats(data.latent_stats["mean"], data.latent_stats["std"])
+        return student
+
+    a, b, twin = make(), make(), make()
+    twin.load_state_dict(a.state_dict())
+    rows = retrieval_table([data], {"raw": None, "b": b, "a": a, "twin": twin}, reference="a")
+    by = {(r["method"], r["K"]): r for r in rows}
+    assert [r["method"] for r in rows if r["K"] == 3] == ["raw", "a", "b", "twin"]  # the reference first
+    for k in (3, 5):
+        assert "map_minus_reference" not in by[("a", k)] and "map_minus_reference" not in by[("raw", k)]
+        b_row = by[("b", k)]
+        assert b_row["map_minus_reference"] == pytest.approx(b_row["map"] - by[("a", k)]["map"])
+        lo, hi = b_row["map_minus_reference_ci"]
+        assert lo <= b_row["map_minus_reference"] <= hi and lo < hi
+        # a copy of the reference: every resample pairs the same queries, so the difference is exactly 0
+        assert by[("twin", k)]["map_minus_reference"] == 0.0 and by[("twin", k)]["map_minus_reference_ci"] == [0.0, 0.0]
+    # without a reference nothing else changes
+    plain = retrieval_table([data], {"raw": None, "b": b, "a": a})
+    assert all("map_minus_reference" not in r for r in plain)
+    assert {(r["method"], r["K"]): r["map"] for r in plain} == {(m, k): r["map"] for (m, k), r in by.items() if m != "twin"}
+    for bad in ("raw", "nope"):
+        with pytest.raises(ConfigError, match=f"--reference {bad}: not one of the students \\(b, a\\)"):
+            retrieval_table([data], {"raw": None, "b": b, "a": a}, reference=bad)
+
+
+def test_write_report_shows_differences_to_the_reference(tmp_path):
+    rows = [{"method": m, "split": "test", "K": 3, "recall": 0.4, "map": mp, "jaccard": 0.2, "n": 8}
+            for m, mp in (("raw", 0.2), ("regression", 0.3), ("rida", 0.35))]
+    rows[2].update(map_minus_reference=0.05, map_minus_reference_ci=[-0.012, 0.101])
+    _, md_path = write_report(rows, tmp_path, {"teacher": "t", "command": "c", "reference": "regression"})
+    assert "| mAP@3 - regression (points, paired 95% interval) | - | - | +5.00 [-1.20, +10.10] |" in md_path.read_text()
 
 
 def test_write_report_shows_intervals_and_ratios(tmp_path):

@@ -343,6 +343,19 @@ def test_cli_eval_several_splits(store, tmp_path):
     assert [(r["method"], r["split"]) for r in rows if r["K"] == 3] == [
         ("raw", "train"), ("rida", "train"), ("raw", "test"), ("rida", "test")]
     assert all("map_vs_raw" in r for r in rows if r["method"] == "rida")
+    # --reference: the same student under another name differs from it by exactly 0, on every resample
+    out = _run("eval", "--rida", tmp_path / "rida", "--extra", f"copy={tmp_path / 'rida'}", "--reference", "rida",
+               "--data", store, "--split", "test", "--out", tmp_path / "ref")
+    doc = json.loads((tmp_path / "ref" / "retrieval.json").read_text())
+    copy = [r for r in doc["rows"] if r["method"] == "copy"]
+    assert doc["reference"] == "rida" and len(copy) == 2
+    assert all(r["map_minus_reference"] == 0.0 and r["map_minus_reference_ci"] == [0.0, 0.0] for r in copy)
+    assert "+0.00 points vs rida [+0.00, +0.00]" in " ".join(out.split())  # whatever the console wraps
+    assert "| mAP@3 - rida (points, paired 95% interval) | - | - | +0.00 [+0.00, +0.00] |" in (
+        tmp_path / "ref" / "retrieval.md").read_text()  # columns raw, rida (the reference), copy
+    with pytest.raises(ConfigError, match="--reference nope: not one of the students"):
+        CliRunner().invoke(rida_cli.app, ["eval", "--rida", str(tmp_path / "rida"), "--data", str(store),
+                                          "--reference", "nope", "--out", str(tmp_path / "r")], catch_exceptions=False)
     with pytest.raises(ConfigError, match="--split test,test"):
         CliRunner().invoke(rida_cli.app, ["eval", "--rida", str(tmp_path / "rida"), "--data", str(store),
                                           "--split", "test,test", "--out", str(tmp_path / "r")], catch_exceptions=False)

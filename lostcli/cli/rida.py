@@ -66,11 +66,15 @@ def evaluate(
                                        "(e.g. train,val,test).")] = "test",
     ood: Annotated[Optional[Path], typer.Option("--ood", help="Out-of-distribution dataset (all its items).")] = None,
     extra: Annotated[Optional[list[str]], typer.Option("--extra", help="More methods: NAME=RUN (repeatable).")] = None,
+    reference: Annotated[Optional[str], typer.Option(
+        "--reference", help="A student (rida, regression or an --extra NAME): every other student also gets its mAP@K "
+                            "minus this one's, with a paired 95% interval.")] = None,
 ) -> None:
     """Retrieval of teacher neighbours (Recall@K, mAP@K, Jaccard; K = 3, 5) for raw latents and students.
 
     Writes OUT/retrieval.json and OUT/retrieval.md.
     Example: lost rida eval --rida runs/rida --regression runs/rida_reg --data prepared --out runs/retrieval
+    Example: lost rida eval --rida runs/rida --regression runs/rida_reg --reference regression --data prepared
     """
     from ..errors import ConfigError
     from ..eval.retrieval import load_retrieval_set, retrieval_table, write_report
@@ -94,14 +98,19 @@ def evaluate(
     if ood is not None:
         sets.append(load_retrieval_set(require_dir(ood, "OOD dataset"), None, "ood"))
         sets[-1].latent_stats = sets[0].latent_stats  # raw baseline: normalise as in-distribution (train stats)
-    rows = retrieval_table(sets, methods, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    rows = retrieval_table(sets, methods, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"), reference=reference)
     teacher = methods["rida"].extra_config.get("teacher", {}).get("name", "teacher")
-    json_path, md_path = write_report(rows, out, {"teacher": teacher, "command": " ".join(["lost", *sys.argv[1:]])})
+    meta = {"teacher": teacher, "command": " ".join(["lost", *sys.argv[1:]]),
+            **({"reference": reference} if reference else {})}
+    json_path, md_path = write_report(rows, out, meta)
     for r in rows:
         if r["K"] == 3:
             lo, hi = r["map_ci"]
             ratio = (f"  = {r['map_vs_raw']:.2f}x raw [{r['map_vs_raw_ci'][0]:.2f}, {r['map_vs_raw_ci'][1]:.2f}]"
                      if "map_vs_raw" in r else "")
+            if "map_minus_reference" in r:
+                d, (dlo, dhi) = (100 * r["map_minus_reference"], [100 * v for v in r["map_minus_reference_ci"]])
+                ratio += f"; {d:+.2f} points vs {reference} [{dlo:+.2f}, {dhi:+.2f}]"
             console.print(f"{r['split']:>5} {r['method']:>12}: Recall@3 {100 * r['recall']:.1f}%  "
                           f"mAP@3 {100 * r['map']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]  "
                           f"Jaccard {100 * r['jaccard']:.1f}%{ratio}")

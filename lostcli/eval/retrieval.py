@@ -12,8 +12,11 @@ regression baseline, ablations) through its L2-normalised global embedding `Rida
 Uncertainty (ours, not in the paper's protocol): a split holds only ~100 query shapes, so every row also carries a 95%
 percentile-bootstrap interval of its mean Recall@K and mAP@K over the queries (`recall_ci`, `map_ci`), and each
 student its mAP@K ratio to the raw latents with a paired interval (`map_vs_raw`, `map_vs_raw_ci`: the same
-resampled queries for both methods). The ground-truth sets stay fixed; only which queries are averaged is
-resampled, with a fixed seed, so the figures are reproducible.
+resampled queries for both methods). With a `reference` student (`lost rida eval --reference NAME`), every
+other student also gets its mAP@K minus the reference's, with the same paired interval (`map_minus_reference`,
+`map_minus_reference_ci`): whether one student beats another beyond query noise, e.g. RIDA against the
+regression baseline or against an ablation. The ground-truth sets stay fixed; only which queries are averaged
+is resampled, with a fixed seed, so the figures are reproducible.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import DatasetStore
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models.rida import RidaStudent
 from .bootstrap import DRAWS as BOOTSTRAP_DRAWS, SEED as BOOTSTRAP_SEED, bootstrap_indices, interval
 
@@ -138,27 +141,42 @@ def student_embeddings(student: RidaStudent, z: torch.Tensor, batch_size: int = 
 
 
 def retrieval_table(sets: list[RetrievalSet], methods: dict[str, RidaStudent | None],
-                    progress: Callable[[str], None] | None = None) -> list[dict]:
+                    progress: Callable[[str], None] | None = None, reference: str | None = None) -> list[dict]:
     """Rows {method, split, K, recall, map, jaccard, n, recall_ci, map_ci} for every method (None = raw latents)
-    and set; students also get `map_vs_raw` and its paired interval `map_vs_raw_ci` when "raw" is a method."""
+    and set; students also get `map_vs_raw` and its paired interval `map_vs_raw_ci` when "raw" is a method, and,
+    when `reference` names a student, every other student gets `map_minus_reference` (mAP@K difference, a fraction)
+    and its paired interval `map_minus_reference_ci`.
+
+    Raises:
+        ConfigError: `reference` is not one of the students.
+    """
+    if reference is not None and methods.get(reference, None) is None:
+        students = ", ".join(name for name, m in methods.items() if m is not None)
+        raise ConfigError(f"--reference {reference}: not one of the students ({students})")
     rows = []
+    order = sorted(methods, key=lambda name: (methods[name] is not None, name != reference))  # raw, reference, rest
     for data in sets:
         idx = bootstrap_indices(len(data.ids))  # one resampling per set, shared by its methods (paired)
-        raw_map: dict[int, torch.Tensor] = {}
-        for name, student in sorted(methods.items(), key=lambda kv: kv[1] is not None):  # raw first
+        per_query: dict[str, dict[int, torch.Tensor]] = {}  # method -> K -> AP@K of every query
+        for name in order:
+            student = methods[name]
             if progress:
                 progress(f"{name} on {data.name} ({len(data.ids)} shapes)")
             emb = raw_embeddings(data) if student is None else student_embeddings(student, data.z)
+            per_query[name] = {}
             for k, q in evaluate_embeddings(data.teacher, emb, per_query=True).items():
+                per_query[name][k] = q["map"]
                 row = {"method": name, "split": data.name, "K": k, **{m: float(v.mean()) for m, v in q.items()},
                        "n": len(data.ids), "recall_ci": interval(q["recall"][idx].mean(1)),
                        "map_ci": interval(q["map"][idx].mean(1))}
-                if student is None:
-                    raw_map[k] = q["map"]
-                elif k in raw_map:
-                    row["map_vs_raw"] = row["map"] / max(float(raw_map[k].mean()), 1e-12)
-                    ratios = q["map"][idx].mean(1) / raw_map[k][idx].mean(1).clamp_min(1e-12)
-                    row["map_vs_raw_ci"] = interval(ratios)
+                if student is not None and "raw" in per_query:
+                    raw = per_query["raw"][k]
+                    row["map_vs_raw"] = row["map"] / max(float(raw.mean()), 1e-12)
+                    row["map_vs_raw_ci"] = interval(q["map"][idx].mean(1) / raw[idx].mean(1).clamp_min(1e-12))
+                if student is not None and reference is not None and name != reference:
+                    ref = per_query[reference][k]
+                    row["map_minus_reference"] = row["map"] - float(ref.mean())
+                    row["map_minus_reference_ci"] = interval(q["map"][idx].mean(1) - ref[idx].mean(1))
                 rows.append(row)
     return rows
 
@@ -177,7 +195,7 @@ def write_report(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Pat
              f"Ground truth: top-K neighbours by teacher cosine ({meta.get('teacher', 'teacher')}, global "
              "embedding averaged over 4 views), self excluded. Candidates: top-K of each method's embedding. "
              f"Intervals: 95% percentile bootstrap over the query shapes ({BOOTSTRAP_DRAWS} resamples, seed "
-             f"{BOOTSTRAP_SEED}; paired for the ratios to raw latents).",
+             f"{BOOTSTRAP_SEED}; paired for the ratios to raw latents and the differences to a reference).",
              f"Command: `{meta.get('command', '')}`", ""]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for split in dict.fromkeys(r["split"] for r in rows):
@@ -195,6 +213,12 @@ def write_report(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Pat
                 lines.append(f"| mAP@{k} / raw (paired 95% interval) | " + " | ".join(
                     f"{sel[m]['map_vs_raw']:.2f}x [{sel[m]['map_vs_raw_ci'][0]:.2f}, {sel[m]['map_vs_raw_ci'][1]:.2f}]"
                     if "map_vs_raw" in sel[m] else "-" for m in methods) + " |")
+            if any("map_minus_reference" in r for r in sel.values()):
+                ref = meta.get("reference", "reference")
+                lines.append(f"| mAP@{k} - {ref} (points, paired 95% interval) | " + " | ".join(
+                    f"{100 * sel[m]['map_minus_reference']:+.2f} [{100 * sel[m]['map_minus_reference_ci'][0]:+.2f}, "
+                    f"{100 * sel[m]['map_minus_reference_ci'][1]:+.2f}]" if "map_minus_reference" in sel[m] else "-"
+                    for m in methods) + " |")
             lines.append("")
     md_path.write_text("\n".join(lines))
     return json_path, md_path
