@@ -77,7 +77,7 @@ def evaluate(
     Example: lost rida eval --rida runs/rida --regression runs/rida_reg --reference regression --data prepared
     """
     from ..errors import ConfigError
-    from ..eval.retrieval import load_retrieval_set, retrieval_table, write_report
+    from ..eval.retrieval import check_reference, load_retrieval_set, retrieval_table, write_report
     from ..models.rida import RidaStudent
 
     methods: dict = {"raw": None}
@@ -90,6 +90,7 @@ def evaluate(
         if name in methods:
             raise ConfigError(f"--extra {name}: method name used twice")
         methods[name] = RidaStudent.from_pretrained(path)
+    check_reference(methods, reference)  # before any data is read
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits or len(set(splits)) != len(splits):
         raise ConfigError(f"--split {split}: expected distinct split names, comma-separated")
@@ -109,8 +110,9 @@ def evaluate(
             ratio = (f"  = {r['map_vs_raw']:.2f}x raw [{r['map_vs_raw_ci'][0]:.2f}, {r['map_vs_raw_ci'][1]:.2f}]"
                      if "map_vs_raw" in r else "")
             if "map_minus_reference" in r:
-                d, (dlo, dhi) = (100 * r["map_minus_reference"], [100 * v for v in r["map_minus_reference_ci"]])
-                ratio += f"; {d:+.2f} points vs {reference} [{dlo:+.2f}, {dhi:+.2f}]"
+                lo_d, hi_d = r["map_minus_reference_ci"]
+                ratio += (f"; {100 * r['map_minus_reference']:+.2f} points vs {reference} "
+                          f"[{100 * lo_d:+.2f}, {100 * hi_d:+.2f}]")
             console.print(f"{r['split']:>5} {r['method']:>12}: Recall@3 {100 * r['recall']:.1f}%  "
                           f"mAP@3 {100 * r['map']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]  "
                           f"Jaccard {100 * r['jaccard']:.1f}%{ratio}")

@@ -140,6 +140,13 @@ def student_embeddings(student: RidaStudent, z: torch.Tensor, batch_size: int = 
 # ----------------------------------------------------------------------------------------------------
 
 
+def check_reference(methods: dict[str, RidaStudent | None], reference: str | None) -> None:
+    """Raise ConfigError unless `reference` is None or names one of the students (not raw latents)."""
+    if reference is not None and methods.get(reference) is None:
+        students = ", ".join(name for name, m in methods.items() if m is not None)
+        raise ConfigError(f"--reference {reference}: not one of the students ({students})")
+
+
 def retrieval_table(sets: list[RetrievalSet], methods: dict[str, RidaStudent | None],
                     progress: Callable[[str], None] | None = None, reference: str | None = None) -> list[dict]:
     """Rows {method, split, K, recall, map, jaccard, n, recall_ci, map_ci} for every method (None = raw latents)
@@ -150,9 +157,7 @@ def retrieval_table(sets: list[RetrievalSet], methods: dict[str, RidaStudent | N
     Raises:
         ConfigError: `reference` is not one of the students.
     """
-    if reference is not None and methods.get(reference, None) is None:
-        students = ", ".join(name for name, m in methods.items() if m is not None)
-        raise ConfigError(f"--reference {reference}: not one of the students ({students})")
+    check_reference(methods, reference)
     rows = []
     order = sorted(methods, key=lambda name: (methods[name] is not None, name != reference))  # raw, reference, rest
     for data in sets:
@@ -173,7 +178,7 @@ def retrieval_table(sets: list[RetrievalSet], methods: dict[str, RidaStudent | N
                     raw = per_query["raw"][k]
                     row["map_vs_raw"] = row["map"] / max(float(raw.mean()), 1e-12)
                     row["map_vs_raw_ci"] = interval(q["map"][idx].mean(1) / raw[idx].mean(1).clamp_min(1e-12))
-                if student is not None and reference is not None and name != reference:
+                if student is not None and reference not in (None, name):
                     ref = per_query[reference][k]
                     row["map_minus_reference"] = row["map"] - float(ref.mean())
                     row["map_minus_reference_ci"] = interval(q["map"][idx].mean(1) - ref[idx].mean(1))
