@@ -162,26 +162,28 @@ def retrieval_table(sets: list[RetrievalSet], methods: dict[str, RidaStudent | N
     order = sorted(methods, key=lambda name: (methods[name] is not None, name != reference))  # raw, reference, rest
     for data in sets:
         idx = bootstrap_indices(len(data.ids))  # one resampling per set, shared by its methods (paired)
-        per_query: dict[str, dict[int, torch.Tensor]] = {}  # method -> K -> AP@K of every query
+        # method -> K -> (mean AP@K over the queries, mean AP@K of each resample of them)
+        scores: dict[str, dict[int, tuple[float, torch.Tensor]]] = {}
         for name in order:
             student = methods[name]
             if progress:
                 progress(f"{name} on {data.name} ({len(data.ids)} shapes)")
             emb = raw_embeddings(data) if student is None else student_embeddings(student, data.z)
-            per_query[name] = {}
+            scores[name] = {}
             for k, q in evaluate_embeddings(data.teacher, emb, per_query=True).items():
-                per_query[name][k] = q["map"]
+                mean, resampled = float(q["map"].mean()), q["map"][idx].mean(1)
+                scores[name][k] = mean, resampled
                 row = {"method": name, "split": data.name, "K": k, **{m: float(v.mean()) for m, v in q.items()},
                        "n": len(data.ids), "recall_ci": interval(q["recall"][idx].mean(1)),
-                       "map_ci": interval(q["map"][idx].mean(1))}
-                if student is not None and "raw" in per_query:
-                    raw = per_query["raw"][k]
-                    row["map_vs_raw"] = row["map"] / max(float(raw.mean()), 1e-12)
-                    row["map_vs_raw_ci"] = interval(q["map"][idx].mean(1) / raw[idx].mean(1).clamp_min(1e-12))
+                       "map_ci": interval(resampled)}
+                if student is not None and "raw" in scores:
+                    raw_mean, raw_resampled = scores["raw"][k]
+                    row["map_vs_raw"] = mean / max(raw_mean, 1e-12)
+                    row["map_vs_raw_ci"] = interval(resampled / raw_resampled.clamp_min(1e-12))
                 if student is not None and reference not in (None, name):
-                    ref = per_query[reference][k]
-                    row["map_minus_reference"] = row["map"] - float(ref.mean())
-                    row["map_minus_reference_ci"] = interval(q["map"][idx].mean(1) - ref[idx].mean(1))
+                    ref_mean, ref_resampled = scores[reference][k]
+                    row["map_minus_reference"] = mean - ref_mean
+                    row["map_minus_reference_ci"] = interval(resampled - ref_resampled)
                 rows.append(row)
     return rows
 
