@@ -525,7 +525,9 @@ def write_report(opts: DemoOptions, seconds: dict[str, float | None], wall: floa
             reports[name] = json.loads(src.read_text())
         md = rep / name / f"{name}.md"
         sections.append(_demote(md.read_text()) if md.is_file() else f"## {name}\n\n(missing: {md})\n")
-    claims = check_claims(reports.get("recon"), reports.get("retrieval"), reports.get("gen"), wall)
+    made = Path(opts.out) / "samples" / "generate.json"
+    samples = json.loads(made.read_text()) if made.is_file() else None
+    claims = check_claims(reports.get("recon"), reports.get("retrieval"), reports.get("gen"), wall, samples)
     parts.append("## What this run shows\n\nEach claim of the method against this run's own reports (the bars: "
                  "docs/level-of-semantics.md, \"What the demo must show\").\n\n" + claims_table(claims))
     parts += sections

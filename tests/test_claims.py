@@ -47,10 +47,35 @@ def _verdicts(recon=None, retrieval=None, gen=None, wall=None) -> dict[str, str]
     return {c.name: c.verdict for c in check_claims(recon, retrieval, gen, wall)}
 
 
+def _samples(shares=(1.0, 0.99, 0.97, 0.96)) -> dict:
+    table = "a round table with a single pedestal leg"
+    rows = [{"index": i, "prompt": table, "empty": False, "largest_part": x} for i, x in enumerate(shares)]
+    return {"samples": rows + [{"index": 4, "prompt": "a tall bottle", "empty": False, "largest_part": 0.5}]}
+
+
 def test_every_claim_shown_on_a_run_that_meets_the_bars():
     v = _verdicts(_recon(), _retrieval(), _gen(), 40 * 60.0)
-    assert len(v) == 11 and set(v.values()) == {"yes"}, v
+    samples = v.pop("samples in one piece")  # no generate.json given: not judged
+    assert len(v) == 11 and set(v.values()) == {"yes"} and samples == MISSING, v
     assert "Chamfer at k = all (32) not worse than k = 16" in v
+
+
+def test_samples_in_one_piece_can_fail_but_only_the_grid_passes():
+    def claim(samples):
+        return check_claims(None, None, None, None, samples)[-2]
+
+    whole = claim(_samples())  # the bottle's 0.5 is another prompt's
+    assert whole.name == '"a round table with a single pedestal leg": every sample in one piece'
+    assert whole.verdict == MISSING and whole.figure.startswith("4 of 4 in one piece (>= 0.95 of the surface")
+    assert "samples/grid.png" in whole.figure
+    apart = claim(_samples((1.0, 0.78, 0.97, 0.94)))  # a top above a detached stem; one just under the bar
+    assert apart.verdict == "no" and apart.figure == "2 of 4 in one piece (>= 0.95 of the surface in one part)"
+    empty = _samples()
+    empty["samples"][0] = {"index": 0, "prompt": empty["samples"][1]["prompt"], "empty": True}  # no surface
+    assert claim(empty).verdict == "no" and claim(empty).figure.startswith("3 of 4")
+    old = _samples()
+    del old["samples"][2]["largest_part"]
+    assert claim(old).verdict == MISSING and "older run" in claim(old).figure
 
 
 def test_each_bar_flips_its_own_verdict():
@@ -103,7 +128,7 @@ def test_figures_and_missing_reports():
     assert claims["1-token class accuracy >= 5x chance"].figure == "0.600 = 10.8x chance (0.056)"
     missing = [c for c in claims.values() if c.verdict == MISSING]
     assert [c.figure for c in missing] == ["no retrieval report", "no generation report", "no generation report",
-                                           "not made in one call"]
+                                           "no samples record (generate.json)", "not made in one call"]
     table = claims_table(list(claims.values()))
     assert table.endswith("7 of 7 checked claims shown.\n")
     recon = _recon()

@@ -113,6 +113,21 @@ def test_rows_class_accuracy_fd_and_clip_score(setup, evaluated):
         assert row["text_sim"] == pytest.approx(cos.mean())
         assert row["clip_score"] == pytest.approx((100 * np.clip(cos, 0, None)).mean())
     assert result.rows[0]["failures"] < n  # the tiny bundle decodes surfaces
+    # one piece and the per-category breakdown, from the per-sample records
+    for row in result.rows:
+        samples = [s for s in rep["samples"] if s["cfg"] == row["cfg"]]
+        shares = [s["largest_part"] for s in samples]
+        assert all((x is None) == s["failed"] for x, s in zip(shares, samples))
+        assert all(x is None or 0.0 < x <= 1.0 for x in shares)
+        assert row["one_piece"] == pytest.approx(np.mean([x is not None and x >= 0.95 for x in shares]))
+        assert list(row["by_category"]) == ["chair", "lamp", "widget"]
+        for cat, got in row["by_category"].items():
+            mine = [s for s in samples if s["category"] == cat]
+            assert got["n"] == len(mine) == 4
+            assert got["class_acc"] == pytest.approx(np.mean([s["correct"] for s in mine]))
+            assert got["one_piece"] == pytest.approx(np.mean([s["largest_part"] is not None
+                                                              and s["largest_part"] >= 0.95 for s in mine]))
+        assert row["by_category"]["lamp"]["class_acc"] == 0.0  # the classifier always says "chair"
     # the paired change of class accuracy from the first guidance row, sample by sample
     hits = {g: np.array([s["category"] == "chair" and not s["failed"] for s in rep["samples"] if s["cfg"] == g],
                         dtype=float) for g in (1.0, 2.0)}
@@ -161,7 +176,12 @@ def test_report_files(evaluated):
     data = json.loads((out / "gen.json").read_text())
     assert data["rows"] == result.rows and data["command"] == "lost eval gen (test)"
     md = (out / "gen.md").read_text()
-    assert "| cfg | class acc | FD-render-classifier | KID (x10^3) | CLIP score | text-render cos | failures | n |" in md
+    assert ("| cfg | class acc | FD-render-classifier | KID (x10^3) | CLIP score | text-render cos | one piece | "
+            "failures | n |") in md
+    assert "By category (cfg 1 / cfg 2):" in md and "| category | samples | class acc | one piece |" in md
+    chair = [r["by_category"]["chair"] for r in result.rows]
+    assert (f"| chair | 4 | {chair[0]['class_acc']:.2f} / {chair[1]['class_acc']:.2f} | "
+            f"{chair[0]['one_piece']:.2f} / {chair[1]['one_piece']:.2f} |") in md
     assert "| real test renders | - | - | - |" in md
     assert md == render_markdown(result.report) and "chance 0.333" in md and "Warning:" in md
     assert f"| 1 | {result.rows[0]['class_acc']:.3f} |" in md

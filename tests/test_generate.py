@@ -14,6 +14,7 @@ import torch
 import trimesh
 from PIL import Image
 
+from lostcli.data.mesh import largest_part_share
 from lostcli.errors import CheckpointError, ConfigError, DataError
 from lostcli.models.gpt import build_gpt
 from lostcli.models.teacher import ClipTeacher, ClipTeacherConfig
@@ -207,6 +208,10 @@ def test_cli_writes_meshes_previews_grid_and_is_reproducible(bundle, tmp_path, c
     rec = json.loads((outs[0] / "generate.json").read_text())
     assert rec["settings"]["seed"] == 0 and rec["settings"]["guidance"] == 3.0 and len(rec["samples"]) == 2
     assert rec["samples"][1]["draw"] == 1 and rec["samples"][0]["mesh"].endswith("sample_0.glb")
+    # each sample's share of surface in its largest part, from its own mesh; the count printed
+    shares = [largest_part_share(trimesh.load(outs[0] / f"sample_{i}.glb", force="mesh")) for i in range(2)]
+    assert [s["largest_part"] for s in rec["samples"]] == pytest.approx(shares)
+    assert f"{sum(x >= 0.95 for x in shares)} of 2 samples in one piece" in out
     tokens = load_tokens(outs[0] / "sample_1.safetensors")
     assert tokens.k == L and tokens.source.startswith("generated: a round table")
 

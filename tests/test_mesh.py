@@ -10,13 +10,16 @@ import pytest
 import trimesh
 
 from lostcli.data.mesh import (
+    ONE_PIECE,
     SUPPORTED,
     Normalization,
     export_mesh,
+    largest_part_share,
     load_mesh,
     load_normalized,
     mesh_stats,
     normalize_mesh,
+    one_piece_share,
 )
 from lostcli.errors import ConfigError, DataError, MeshError
 
@@ -251,3 +254,18 @@ def test_mesh_stats_values() -> None:
     assert mesh_stats(two)["components"] == 2
     avocado = mesh_stats(load_mesh(DATA / "avocado.glb"))
     assert avocado["watertight"] is False and avocado["faces"] == 682
+
+
+def test_largest_part_share_by_area() -> None:
+    one = make_box((1.0, 2.0, 3.0))  # area 22
+    assert largest_part_share(one) == pytest.approx(1.0)
+    # a 1x1x1 box (area 6) beside it, apart: 22 / 28 of the surface in the largest part
+    apart = trimesh.util.concatenate([one, make_box((1.0, 1.0, 1.0), center=(5.0, 0.0, 0.0))])
+    assert largest_part_share(apart) == pytest.approx(22 / 28)
+    assert largest_part_share(None) is None and largest_part_share(trimesh.Trimesh()) is None
+    # a small chip (a 0.1 cube, area 0.06) leaves the shape in one piece by the 0.95 bar; a top over a detached
+    # stem does not
+    chip = trimesh.util.concatenate([one, make_box((0.1, 0.1, 0.1), center=(3.0, 0.0, 0.0))])
+    assert largest_part_share(chip) == pytest.approx(22 / 22.06)
+    assert one_piece_share([largest_part_share(m) for m in (one, apart, chip, None)]) == pytest.approx(0.5)
+    assert ONE_PIECE == 0.95 and one_piece_share([]) is None

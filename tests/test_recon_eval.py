@@ -155,6 +155,13 @@ def test_recon_table_values(setup, tmp_path):
     if ok:
         assert vae_row["chamfer"] == pytest.approx(float(np.median(ok)))
     assert vae_row["fscore_0.01"] == pytest.approx(float(np.median([p["fscore_0.01"] for p in per])))
+    # one piece: the share of shapes whose decoded surface keeps >= 95% of its area in one part (failures count as
+    # not); the mean-latent floor is a point set, so it has none
+    for row in rep["rows"][:4]:
+        shares = [s[str(row["k"])]["largest_part"] for s in rep["shapes"]]
+        assert all(x is None or 0.0 < x <= 1.0 for x in shares)
+        assert row["one_piece"] == pytest.approx(np.mean([x is not None and x >= 0.95 for x in shares]))
+    assert rep["rows"][4]["one_piece"] is None
     # bootstrap intervals: around each median; the paired change of each k from the previous k
     for row in rep["rows"]:
         if row["chamfer"] is not None:
@@ -195,7 +202,9 @@ def test_recon_table_values(setup, tmp_path):
 
     md = (tmp_path / "recon.md").read_text()
     assert "x10^-2" in md and "k = 8 (all)" in md and "mean latent (floor)" in md and "0.900" in md
-    assert "| FD-render-classifier | KID (x10^3) |" in md
+    assert "| FD-render-classifier | KID (x10^3) | one piece | failures |" in md
+    vae_row = rep["rows"][3]
+    assert f"| {vae_row['one_piece']:.2f} | {vae_row['failures']}/3 |" in md and "| - | 0/3 |" in md  # mean: none
     assert "95% bootstrap interval" in md and "change from k = 1:" in md and "change from k = 4:" in md
     assert "; per shape " in md and "of shapes" in md
     for name in ("1", "4", "8", "vae", "mean", "curve"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.mesh import export_mesh
+from ..data.mesh import export_mesh, largest_part_share
 from ..data.render import render_views, save_grid, views_tile
 from ..persist import atomic_write_json
 from ..pipeline import GenerationResult, save_tokens
@@ -25,7 +25,8 @@ def write_samples(result: GenerationResult, out: Path, formats: Sequence[str], m
 
     A sample whose decode found no surface gets white views labelled "(no surface)" and no mesh file.
     Each record: index, prompt, draw, preview, tokens, empty, and for a surface "mesh" (the first format's
-    file), "meshes" ({format: file}), vertices and faces.
+    file), "meshes" ({format: file}), vertices, faces and largest_part (the share of its surface in its largest
+    connected part: 1.0 for one piece, `data/mesh.py`).
     """
     samples, tiles, labels = [], [], []
     for i, (mesh, prompt) in enumerate(zip(result.meshes, result.prompts)):
@@ -37,7 +38,8 @@ def write_samples(result: GenerationResult, out: Path, formats: Sequence[str], m
                "tokens": str(save_tokens(out / f"sample_{i}.safetensors", result.sample_tokens(i, model_id)))}
         if mesh is not None:
             rec["meshes"] = {fmt: str(export_mesh(mesh, out / f"sample_{i}.{fmt}")) for fmt in formats}
-            rec.update(mesh=rec["meshes"][formats[0]], vertices=int(len(mesh.vertices)), faces=int(len(mesh.faces)))
+            rec.update(mesh=rec["meshes"][formats[0]], vertices=int(len(mesh.vertices)), faces=int(len(mesh.faces)),
+                       largest_part=largest_part_share(mesh))
         samples.append(rec)
         tiles.append(views_tile(views))
         labels.append(label)

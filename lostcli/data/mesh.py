@@ -273,18 +273,46 @@ def export_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     return path
 
 
-def count_components(mesh: trimesh.Trimesh) -> int:
-    """Number of connected components of the face graph (faces sharing a vertex are connected)."""
-    f = np.asarray(mesh.faces, dtype=np.int64)
-    if len(f) == 0:
-        return 0
-    used, inv = np.unique(f, return_inverse=True)
-    inv = inv.reshape(f.shape)
+ONE_PIECE = 0.95  # a surface is "in one piece" when its largest connected part holds at least this share of its area
+
+
+def _face_parts(faces: np.ndarray) -> tuple[int, np.ndarray]:
+    """(number of connected parts, part label of each face) of a non-empty face array [F, 3]; faces sharing a
+    vertex index are connected (marching-cubes and exported meshes share their vertices)."""
+    used, inv = np.unique(faces, return_inverse=True)
+    inv = inv.reshape(faces.shape)
     rows = np.concatenate([inv[:, 0], inv[:, 1]])
     cols = np.concatenate([inv[:, 1], inv[:, 2]])
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(used), len(used)))
-    n, _ = connected_components(graph, directed=False)
-    return int(n)
+    n, labels = connected_components(graph, directed=False)
+    return int(n), labels[inv[:, 0]]
+
+
+def count_components(mesh: trimesh.Trimesh) -> int:
+    """Number of connected components of the face graph (faces sharing a vertex are connected)."""
+    f = np.asarray(mesh.faces, dtype=np.int64)
+    return _face_parts(f)[0] if len(f) else 0
+
+
+def largest_part_share(mesh: trimesh.Trimesh | None) -> float | None:
+    """Share of a mesh's surface area in its largest connected part: 1.0 for one piece, lower when parts float
+    apart (a table top above a detached stem). None for no surface. Compare with `ONE_PIECE`."""
+    if mesh is None or len(mesh.faces) == 0:
+        return None
+    area = np.asarray(mesh.area_faces, dtype=np.float64)
+    total = float(area.sum())
+    if not total > 0:
+        return None
+    _, labels = _face_parts(np.asarray(mesh.faces, dtype=np.int64))
+    return float(np.bincount(labels, weights=area).max() / total)
+
+
+def one_piece_share(shares: list[float | None]) -> float | None:
+    """Fraction of surfaces whose `largest_part_share` reaches `ONE_PIECE` (no surface: not in one piece);
+    None for an empty list."""
+    if not shares:
+        return None
+    return float(np.mean([s is not None and s >= ONE_PIECE for s in shares]))
 
 
 def mesh_stats(mesh: trimesh.Trimesh) -> dict[str, Any]:

@@ -14,7 +14,12 @@ scale: generate, decode, extract the mesh, render the 4 docs/protocols.md views 
 - text-render similarity ("CLIP score"): cosine of the conditioning text tower's prompt embedding with the
   same CLIP model's image embedding of each of the 4 views, averaged over views and samples; `clip_score` is
   100 x max(cos, 0) averaged (the torchmetrics convention). The "real" reference line scores the split's
-  real renders against the prompts of their own category.
+  real renders against the prompts of their own category;
+- one piece: the share of samples whose surface keeps at least 95% of its area in one connected part
+  (`data/mesh.py` `largest_part_share`; a sample with no surface is not in one piece). Every built-in shape is
+  one piece, so a lower share means generated parts float apart (a table top above a detached stem).
+
+Each row also breaks class accuracy and one piece down by category (`by_category`).
 
 Every row uses the same prompts and the same seeds (prompt chunk c draws with seed + c), so rows differ
 only by the guidance scale.
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.mesh import largest_part_share, one_piece_share
 from ..data.render import save_grid, views_tile
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
@@ -315,7 +321,8 @@ def _guidance_row(pipe, ctx: _GenContext, gi: int, progress: Callable | None):
     row = {"cfg": g, "class_acc": _num(np.mean(hits)) if hits else None, "fd": _num(d.fd),
            "kid": _num(d.kid) if d.kid is not None else None, "n": len(samples),
            "kid_std": _num(d.kid_std) if d.kid_std is not None else None, "class_n": len(hits),
-           **clip_summary(cosines), "failures": failures}
+           **clip_summary(cosines), "failures": failures,
+           "one_piece": one_piece_share([s["largest_part"] for s in samples]), "by_category": by_category(samples)}
     return row, hits, samples, row_tiles, d
 
 
@@ -330,10 +337,13 @@ def _score_chunk(ctx: _GenContext, g: float, start: int, meshes: list, views: np
         p = start + b // cfg.seeds  # prompt index
         cat, failed, key = ctx.items[p][0], mesh is None, ctx.keys[p]
         guess = classes[pred[b]] if pred is not None and not failed else None
+        correct = None  # no classifier, or a category it does not know
         if labels is not None and labels[p] >= 0:
-            hits.append(bool(not failed and pred[b] == labels[p]))
+            correct = bool(not failed and pred[b] == labels[p])
+            hits.append(correct)
         samples.append({"cfg": g, "prompt": ctx.items[p][1], "category": cat, "draw": b % cfg.seeds,
-                        "seed": cfg.seed + start, "failed": failed, "predicted": guess, "text_sim": float(cos[b])})
+                        "seed": cfg.seed + start, "failed": failed, "predicted": guess, "correct": correct,
+                        "text_sim": float(cos[b]), "largest_part": largest_part_share(mesh)})
         if key in ctx.grid_cats and p == ctx.first_prompt[key] and b % cfg.seeds == 0:
             verdict = "no surface" if failed else (f"-> {guess}" if guess is not None else "")
             row_tiles[key] = (views_tile(views[b], 64), f"{cat or key[:24]} {verdict}")
@@ -376,8 +386,36 @@ def add_class_acc_changes(rows: list[dict], row_hits: list[list[bool]]) -> None:
         row["class_acc_change"], row["class_acc_change_ci"] = _num(change), [_num(v) for v in ci]
 
 
+def by_category(samples: list[dict]) -> dict[str, dict]:
+    """{category: {"n", "class_acc", "one_piece"}} over one row's samples (prompts without a category left
+    out; class_acc None where the classifier does not know the category)."""
+    groups: dict[str, list[dict]] = {}
+    for s in samples:
+        if s["category"] is not None:
+            groups.setdefault(s["category"], []).append(s)
+    out = {}
+    for cat in sorted(groups):
+        known = [s["correct"] for s in groups[cat] if s["correct"] is not None]
+        out[cat] = {"n": len(groups[cat]), "class_acc": _num(np.mean(known)) if known else None,
+                    "one_piece": one_piece_share([s["largest_part"] for s in groups[cat]])}
+    return out
+
+
 def _cell(v: float | None, scale: float = 1.0, digits: int = 3) -> str:
     return "-" if v is None else f"{v * scale:.{digits}f}"
+
+
+def _category_table(rows: list[dict]) -> list[str]:
+    """gen.md's per-category lines: class accuracy and one piece at each guidance scale ([] for old reports)."""
+    if not rows or not rows[0].get("by_category"):
+        return []
+    scales = " / ".join(f"cfg {r['cfg']:g}" for r in rows)
+    lines = ["", f"By category ({scales}):", "", "| category | samples | class acc | one piece |", "|---|---|---|---|"]
+    for cat, first in rows[0]["by_category"].items():
+        cells = [" / ".join(_cell((r.get("by_category") or {}).get(cat, {}).get(key), digits=2) for r in rows)
+                 for key in ("class_acc", "one_piece")]
+        lines.append(f"| {cat} | {first['n']} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -391,22 +429,23 @@ def render_markdown(report: dict) -> str:
         f"decoder {s['decode_steps']} steps, marching cubes at {s['resolution']}^3, seeds from {s['seed']}; "
         f"reference: {ref['shapes']} {ref['split']} shapes ({ref['images']} renders).",
         "",
-        f"| cfg | class acc | {metric} | KID (x10^3) | CLIP score | text-render cos | failures | n |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| cfg | class acc | {metric} | KID (x10^3) | CLIP score | text-render cos | one piece | failures | n |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         kid = "-" if r["kid"] is None else f"{r['kid'] * 1e3:.2f} +- {(r['kid_std'] or 0) * 1e3:.2f}"
         lines.append(f"| {r['cfg']:g} | {_cell(r['class_acc'])} | {_cell(r['fd'])} | {kid} | "
                      f"{_cell(r.get('clip_score'), digits=2)} | {_cell(r.get('text_sim'))} | "
-                     f"{r['failures']}/{r['n']} | {r['n']} |")
+                     f"{_cell(r.get('one_piece'), digits=2)} | {r['failures']}/{r['n']} | {r['n']} |")
     for r in report["rows"]:
         if r.get("class_acc_change_ci") and None not in r["class_acc_change_ci"]:
             lo, hi = r["class_acc_change_ci"]
             lines.append(f"| cfg {r['cfg']:g} vs cfg {report['rows'][0]['cfg']:g}: class acc change (paired 95% "
-                         f"interval) | {r['class_acc_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | | | | | | |")
+                         f"interval) | {r['class_acc_change']:+.3f} [{lo:+.3f}, {hi:+.3f}] | | | | | | | |")
     real = report.get("real_text_sim") or {}
     lines.append(f"| real {ref['split']} renders | - | - | - | {_cell(real.get('clip_score'), digits=2)} | "
-                 f"{_cell(real.get('text_sim'))} | - | {ref['shapes']} |")
+                 f"{_cell(real.get('text_sim'))} | - | - | {ref['shapes']} |")
+    lines += _category_table(report["rows"])
     lines += ["", f"- Class accuracy: render classifier `{report['classifier']}` on the 4 views of each sample "
               f"(view-averaged logits) against the prompt's category; its own test accuracy on real renders "
               f"{_cell(report['classifier_test_acc'])} per shape; chance {_cell(report['chance'])}. "

@@ -11,7 +11,9 @@ bound) and "mean" (the decoded mean latent of the train split, the "no informati
 
 Row statistics: Chamfer is the median over reconstructions that have a surface (failures are counted in
 `failures`, never dropped silently); F-scores are medians over all shapes (a failure scores 0); class
-accuracy counts a failure as wrong.
+accuracy counts a failure as wrong; "one piece" is the share of shapes whose reconstruction keeps at least 95% of
+its surface in one connected part (`data/mesh.py` `largest_part_share`; a failure is not in one piece; the
+built-in shapes are one piece each, so a lower share means parts came apart, e.g. a table top above its stem).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import trimesh
 
+from ..data.mesh import largest_part_share, one_piece_share
 from ..data.render import render_views, save_grid
 from ..data.store import DatasetStore
 from ..errors import ConfigError, DataError
@@ -151,6 +154,9 @@ class _Row:
             "kid": _num(d.kid) if d is not None and d.kid is not None else None,
             "kid_std": _num(d.kid_std) if d is not None and d.kid_std is not None else None,
             "failures": sum(m["failed"] for m in self.metrics),
+            # decoded rows only (the mean-latent floor is a point set)
+            "one_piece": (one_piece_share([m["largest_part"] for m in self.metrics])
+                          if self.metrics and all("largest_part" in m for m in self.metrics) else None),
             "n": len(self.metrics),
         }
 
@@ -200,8 +206,9 @@ def distance_network(spec: str, classifier: LoadedClassifier | None, teacher=Non
 
 def _metrics(mesh: trimesh.Trimesh | None, gt_points: np.ndarray, n: int, seed: int, gt_tree=None) -> dict:
     if mesh is None or len(mesh.faces) == 0 or mesh.area <= 0:
-        return failed_metrics().as_dict()
-    return point_metrics(surface_points(mesh, n, seed), gt_points, gt_tree=gt_tree).as_dict()
+        return {**failed_metrics().as_dict(), "largest_part": None}
+    return {**point_metrics(surface_points(mesh, n, seed), gt_points, gt_tree=gt_tree).as_dict(),
+            "largest_part": largest_part_share(mesh)}
 
 
 def _render(mesh: trimesh.Trimesh | None, size: int) -> np.ndarray:
@@ -490,14 +497,14 @@ def render_markdown(report: dict) -> str:
         f"{s['guidance']}, marching cubes at {s['resolution']}^3, seed {s['seed']}.",
         "",
         f"| row | median CD (x10^-2) | mean CD (x10^-2) | median F@0.01 | median F@0.02 | class acc | feature sim | "
-        f"{report.get('fd_metric') or 'FD'} | KID (x10^3) | failures |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"{report.get('fd_metric') or 'FD'} | KID (x10^3) | one piece | failures |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(f"| {_row_label(r['k'], R)} | {_cell(r['chamfer'], 100)} | {_cell(r['chamfer_mean'], 100)} | "
                      f"{_cell(r['fscore_0.01'])} | {_cell(r['fscore_0.02'])} | {_cell(r['class_acc'])} | "
                      f"{_cell(r['feature_sim'])} | {_cell(r.get('fd'))} | {_cell(r.get('kid'), 1e3, 2)} | "
-                     f"{r['failures']}/{r['n']} |")
+                     f"{_cell(r.get('one_piece'), digits=2)} | {r['failures']}/{r['n']} |")
     cis = [r for r in report["rows"] if r.get("chamfer_ci")]
     if cis:
         lines += ["", f"Median CD (x10^-2) with its 95% bootstrap interval over the shapes ({DRAWS} resamples), and "
@@ -545,6 +552,8 @@ def render_markdown(report: dict) -> str:
                "KID: unbiased polynomial-kernel MMD over random subsets."
                + (f" Warning: {report['fd_warning']}." if report.get("fd_warning") else ""))
               if report.get("fd_network") else "- FD / KID: not measured (no feature network).",
+              "- One piece: share of shapes whose reconstruction keeps >= 95% of its surface area in its largest "
+              "connected part (a failure is not in one piece).",
               f"- Mean latent: average of {report['mean_latent']['shapes']} {report['mean_latent']['split']} shapes' "
               "latents encoded by the bundle's VAE, decoded once.",
               *([f"- Not evaluated: k = {', '.join(map(str, report['dropped_ks']))} (longer than R = {R})."]
