@@ -51,7 +51,7 @@ def generate(
     Example: lost generate "a round table with a single pedestal leg" --model models/lost-tiny -n 4 --seed 0 --out gen
     """
     from ..batch.samples import write_samples
-    from ..data.mesh import ONE_PIECE
+    from ..data.mesh import ONE_PIECE, is_one_piece
     from ..pipeline import GenerateConfig, LostPipeline, load_tokens
 
     if fmt not in FORMATS:
@@ -74,5 +74,5 @@ def generate(
     console.print(f"{len(samples)} samples ({len(texts)} prompt(s) x {n}), {s['k']} tokens (kept {s['keep']}), "
                   f"cfg {s['guidance']} {s['guidance_schedule']}, temperature {s['temperature']}, seed {seed} -> "
                   f"{out}/sample_*.{fmt}, {out / 'grid.png'} ({time.time() - t0:.1f} s)")
-    whole = sum(r.get("largest_part") is not None and r["largest_part"] >= ONE_PIECE for r in samples)
+    whole = sum(is_one_piece(r.get("largest_part")) for r in samples)
     console.print(f"{whole} of {len(samples)} samples in one piece (>= {ONE_PIECE:g} of the surface in one part)")

@@ -307,12 +307,16 @@ def largest_part_share(mesh: trimesh.Trimesh | None) -> float | None:
     return float(np.bincount(labels, weights=area).max() / total)
 
 
+def is_one_piece(share: float | None) -> bool:
+    """Whether a `largest_part_share` reaches `ONE_PIECE` (None, no surface: not in one piece)."""
+    return share is not None and share >= ONE_PIECE
+
+
 def one_piece_share(shares: list[float | None]) -> float | None:
-    """Fraction of surfaces whose `largest_part_share` reaches `ONE_PIECE` (no surface: not in one piece);
-    None for an empty list."""
+    """Fraction of surfaces in one piece (`is_one_piece`); None for an empty list."""
     if not shares:
         return None
-    return float(np.mean([s is not None and s >= ONE_PIECE for s in shares]))
+    return float(np.mean([is_one_piece(s) for s in shares]))
 
 
 def mesh_stats(mesh: trimesh.Trimesh) -> dict[str, Any]:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.mesh import ONE_PIECE
-
 VAE_RATIO = 1.5
 CHANCE_MULTIPLE = 5.0
 SEMANTIC_KS = (1, 4)
@@ -164,11 +162,13 @@ def gen_claims(gen: dict | None, recon: dict | None) -> list[Claim]:
 
 def samples_claim(samples: dict | None) -> Claim:
     """The first prompt's samples in one piece: "no" when any came apart, "-" (look at the grid) otherwise."""
+    from ..data.mesh import ONE_PIECE, is_one_piece  # here, not at import: trimesh stays off `lost demo`'s start-up
+
     if samples is None or not samples.get("samples"):
         return Claim("samples in one piece", "no samples record (generate.json)", MISSING)
     prompt = samples["samples"][0]["prompt"]
     draws = [r for r in samples["samples"] if r["prompt"] == prompt]
-    whole = sum(r.get("largest_part") is not None and r["largest_part"] >= ONE_PIECE for r in draws)
+    whole = sum(is_one_piece(r.get("largest_part")) for r in draws)
     name = f'"{prompt}": every sample in one piece'
     if any("largest_part" not in r for r in draws if not r.get("empty")):
         return Claim(name, "generate.json has no largest_part (an older run)", MISSING)
